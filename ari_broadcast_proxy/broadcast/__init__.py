@@ -1,0 +1,1 @@
+"""Broadcast and claim: the pure core and its I/O shell."""
