@@ -1,0 +1,197 @@
+"""Test-side ARI helpers: a real Asterisk instance, real HTTP and WebSocket clients."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from websockets.asyncio.client import ClientConnection, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+SANDBOX = ROOT / "scripts" / "asterisk-sandbox"
+USER, PASSWORD = "asterisk", "asterisk"
+NATIVE_MODULES = ("app_stasis_broadcast.so", "res_stasis_broadcast.so")
+
+
+def free_port(span: int = 1) -> int:
+    """A port P such that P..P+span-1 are all free on loopback right now."""
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port + span > 65535:
+            continue
+        try:
+            for offset in range(1, span):
+                with socket.socket() as s, socket.socket(type=socket.SOCK_DGRAM) as u:
+                    s.bind(("127.0.0.1", port + offset))
+                    u.bind(("127.0.0.1", port + offset))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port range")
+
+
+@dataclass
+class Asterisk:
+    """One sandbox instance started for the test session."""
+
+    name: str
+    port: int
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log_dir(self) -> Path:
+        cache = Path("/var/cache/ari-broadcast-proxy/asterisk-sid")
+        return cache / "srv" / "asterisk" / self.name / "log"
+
+    def cli(self, command: str) -> str:
+        out = subprocess.run(
+            [str(SANDBOX), "cli", "--name", self.name, "--", command],
+            check=True, capture_output=True, text=True, timeout=30,
+        )
+        return out.stdout
+
+    def messages(self) -> str:
+        path = self.log_dir / "messages.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def start_asterisk(name: str) -> Asterisk:
+    port = free_port(3)
+    subprocess.run(
+        [str(SANDBOX), "up", "--name", name, "--port", str(port),
+         "--overlay", str(ROOT / "tests" / "asterisk-conf")],
+        check=True, timeout=600,
+    )
+    return Asterisk(name, port)
+
+
+def stop_asterisk(instance: Asterisk) -> None:
+    subprocess.run([str(SANDBOX), "down", "--name", instance.name], check=True, timeout=60)
+
+
+class Ari:
+    """An ARI REST client (to Asterisk or to the proxy: same API)."""
+
+    def __init__(self, base: str, auth: tuple[str, str] = (USER, PASSWORD)) -> None:
+        self.base = base
+        self.http = httpx.AsyncClient(base_url=base + "/ari/", auth=auth, timeout=10)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def originate(
+        self, endpoint: str, *, variables: dict[str, str] | None = None, **params: Any
+    ) -> dict[str, Any]:
+        params.setdefault("timeout", 120)
+        if "app" not in params:
+            params.setdefault("context", "tests-hold")
+            params.setdefault("extension", "s")
+            params.setdefault("priority", 1)
+        response = await self.http.post(
+            "channels", params={"endpoint": endpoint, **params}, json={"variables": variables or {}}
+        )
+        response.raise_for_status()
+        return response.json()
+
+    async def global_var(self, name: str) -> str:
+        response = await self.http.get("asterisk/variable", params={"variable": name})
+        return response.json().get("value", "") if response.status_code == 200 else ""
+
+    async def wait_global(self, name: str, timeout: float = 10) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = await self.global_var(name)
+            if value:
+                return value
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"global {name} never set")
+
+    async def hangup_all(self) -> None:
+        response = await self.http.get("channels")
+        for channel in response.json():
+            with contextlib.suppress(httpx.HTTPError):
+                await self.http.delete(f"channels/{channel['id']}")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and (await self.http.get("channels")).json():
+            await asyncio.sleep(0.05)
+
+    async def set_native_modules(self, loaded: bool) -> None:
+        """Load or unload res/app_stasis_broadcast on the running Asterisk."""
+        order = reversed(NATIVE_MODULES) if loaded else NATIVE_MODULES
+        for module in order:
+            current = await self.http.get(f"asterisk/modules/{module}")
+            is_loaded = current.status_code == 200 and current.json().get("status") == "Running"
+            if loaded and not is_loaded:
+                (await self.http.post(f"asterisk/modules/{module}")).raise_for_status()
+            elif not loaded and is_loaded:
+                (await self.http.delete(f"asterisk/modules/{module}")).raise_for_status()
+
+
+class Events:
+    """An events WebSocket that records everything and waits for matching events."""
+
+    def __init__(self, socket: ClientConnection) -> None:
+        self.socket = socket
+        self.received: list[dict[str, Any]] = []
+        self._arrived = asyncio.Condition()
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(Exception):
+            async for frame in self.socket:
+                event = json.loads(frame)
+                event["_received"] = time.monotonic()
+                async with self._arrived:
+                    self.received.append(event)
+                    self._arrived.notify_all()
+
+    async def wait_for(
+        self, predicate: Callable[[dict[str, Any]], bool] | str, timeout: float = 5.0
+    ) -> dict[str, Any]:
+        """The first recorded event matching (a type name or a predicate)."""
+        check = (lambda e: e.get("type") == predicate) if isinstance(predicate, str) else predicate
+        async with asyncio.timeout(timeout):
+            async with self._arrived:
+                await self._arrived.wait_for(lambda: any(check(e) for e in self.received))
+                return next(e for e in self.received if check(e))
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [e for e in self.received if e.get("type") == kind]
+
+    async def close(self) -> None:
+        await self.socket.close()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+
+@contextlib.asynccontextmanager
+async def events(base: str, apps: str, *, auth: str = f"{USER}:{PASSWORD}", **query: str) -> AsyncIterator[Events]:
+    """Connect an events WebSocket to `base` (Asterisk or the proxy)."""
+    ws_base = "ws" + base[len("http"):]
+    params = "&".join([f"app={apps}", f"api_key={auth}", *(f"{k}={v}" for k, v in query.items())])
+    socket = await connect(f"{ws_base}/ari/events?{params}", max_size=None, compression=None)
+    client = Events(socket)
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def token() -> str:
+    return uuid.uuid4().hex[:12]

@@ -1,0 +1,108 @@
+"""Session fixtures: one real Asterisk per test session, and the proxy as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .ari import ROOT, Ari, Asterisk, free_port, start_asterisk, stop_asterisk
+
+PROXY_USER = ("broadcast-proxy", "broadcast-proxy")
+
+
+@pytest.fixture(scope="session")
+def asterisk() -> Iterator[Asterisk]:
+    instance = start_asterisk(f"pytest-{os.getpid()}")
+    try:
+        yield instance
+    finally:
+        stop_asterisk(instance)
+
+
+class ProxyProcess:
+    """`ari-broadcast-proxy` started with its real CLI against the session's Asterisk."""
+
+    def __init__(self, asterisk: Asterisk, log_path: Path, *extra: str) -> None:
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "ari_broadcast_proxy", "--upstream", asterisk.base,
+             "--username", PROXY_USER[0], "--password", PROXY_USER[1],
+             "--listen", f"127.0.0.1:{self.port}", *extra],
+            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"proxy exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(self.base + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"proxy not ready after {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="session")
+def proxy(asterisk: Asterisk, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyProcess]:
+    process = ProxyProcess(asterisk, tmp_path_factory.mktemp("proxy") / "proxy.log")
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture
+async def ari(asterisk: Asterisk) -> AsyncIterator[Ari]:
+    """ARI straight to Asterisk; hangs up every channel the test left behind."""
+    client = Ari(asterisk.base)
+    try:
+        yield client
+    finally:
+        await client.hangup_all()
+        await client.aclose()
+
+
+@pytest.fixture
+async def proxied(proxy: ProxyProcess) -> AsyncIterator[Ari]:
+    """ARI through the proxy."""
+    client = Ari(proxy.base)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
