@@ -1,0 +1,104 @@
+"""ARI credentials: what a client presented, and whether Asterisk lets it write.
+
+The proxy never keeps a user database: Asterisk's ari.conf stays the only truth. A claim is
+answered by the proxy, so before answering it asks Asterisk once whether the credentials may
+write, with a request that has no effect (a claim for a channel id that cannot exist), and
+remembers a yes for a short while.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import httpx
+
+from .upstream.rest import UpstreamRest
+
+__all__ = ["AccessDenied", "Credentials", "WriteAccess"]
+
+_PROBE_CHANNEL = "ari-broadcast-proxy-credential-probe"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The Authorization header or `api_key` query parameter, exactly as presented."""
+
+    authorization: str | None
+    api_key: str | None
+
+    @classmethod
+    def from_request(cls, headers: Mapping[str, str], query: Mapping[str, str]) -> Credentials:
+        return cls(headers.get("authorization"), query.get("api_key"))
+
+    @property
+    def present(self) -> bool:
+        return bool(self.authorization or self.api_key)
+
+    def cache_key(self) -> str:
+        raw = f"{self.authorization}\x00{self.api_key}".encode()
+        return hashlib.sha256(raw).hexdigest()
+
+    def username(self) -> str:
+        """For log lines: the user name only, never the password."""
+        if self.authorization and self.authorization.lower().startswith("basic "):
+            try:
+                decoded = base64.b64decode(self.authorization[6:], validate=True).decode()
+                return decoded.partition(":")[0]
+            except (ValueError, UnicodeDecodeError):
+                return "?"
+        if self.api_key:
+            return self.api_key.partition(":")[0]
+        return "-"
+
+
+class AccessDenied(Exception):
+    """Asterisk's own refusal (401/403), to be relayed to the client unchanged."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        super().__init__(f"upstream refused the credentials with {response.status_code}")
+        self.response = response
+
+
+class WriteAccess:
+    """Caches 'may write' verdicts per credential for `ttl` seconds."""
+
+    def __init__(
+        self, rest: UpstreamRest, ttl: float = 30.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rest = rest
+        self._ttl = ttl
+        self._clock = clock
+        self._granted: dict[str, float] = {}
+
+    async def require(self, credentials: Credentials) -> None:
+        """Return if Asterisk accepts these credentials for writing, else raise AccessDenied."""
+        key = credentials.cache_key()
+        now = self._clock()
+        expiry = self._granted.get(key)
+        if expiry is not None and expiry > now:
+            return
+        headers = (
+            {"authorization": credentials.authorization} if credentials.authorization else None
+        )
+        params = {"channelId": _PROBE_CHANNEL, "application": _PROBE_CHANNEL}
+        if credentials.api_key:
+            params["api_key"] = credentials.api_key
+        response = await self._rest.call(
+            "POST", "events/claim", params, auth=_NoAuth(), headers=headers
+        )
+        if response.status_code in (401, 403):
+            raise AccessDenied(response)
+        if len(self._granted) > 10_000:
+            self._granted = {k: v for k, v in self._granted.items() if v > now}
+        self._granted[key] = now + self._ttl
+
+
+class _NoAuth(httpx.Auth):
+    """Send the client's own credentials only (never the proxy's)."""
+
+    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+        yield request

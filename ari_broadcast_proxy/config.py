@@ -1,0 +1,159 @@
+"""Frozen proxy configuration, built from command-line flags and an explicit environment."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from .errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Config", "build_parser"]
+
+ENV_PREFIX = "ARI_PROXY_"
+_APP_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,73}$")
+
+
+@dataclass(frozen=True)
+class Config:
+    upstream: str  # Asterisk's HTTP base, e.g. http://127.0.0.1:8088 (no /ari)
+    username: str
+    password: str
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8089
+    broadcast_app: str = "broadcast"
+    subroutine_context: str = "stasis-broadcast"
+    upstream_connections: int = 32
+    upstream_timeout: float = 10.0
+    session_queue: int = 1024
+    log_level: str = "info"
+    log_json: bool = False
+
+    @property
+    def upstream_ari(self) -> str:
+        return self.upstream.rstrip("/") + "/ari"
+
+    @property
+    def upstream_ws(self) -> str:
+        return "ws" + self.upstream_ari[4:]
+
+    @classmethod
+    def from_argv(cls, argv: Sequence[str], environ: Mapping[str, str]) -> Config:
+        """Flags win over ARI_PROXY_* variables, which win over defaults."""
+        parser = build_parser()
+        args = parser.parse_args(list(argv))
+        values = {}
+        for action in parser._actions:
+            if action.dest in ("help",):
+                continue
+            flag_value = getattr(args, action.dest)
+            env_value = environ.get(ENV_PREFIX + action.dest.upper())
+            values[action.dest] = flag_value if flag_value is not None else env_value
+        return cls._validated(values)
+
+    @classmethod
+    def _validated(cls, values: Mapping[str, str | bool | None]) -> Config:
+        def text(name: str, default: str | None = None) -> str:
+            value = values.get(name)
+            if value is None or value == "":
+                if default is None:
+                    raise ConfigError(f"--{name.replace('_', '-')}", "is required")
+                return default
+            return str(value)
+
+        def number(name: str, default: float, kind: type = int, low: float = 1) -> float:
+            raw = values.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise ConfigError(f"--{name.replace('_', '-')}", f"not a number: {raw!r}") from None
+            if value < low:
+                raise ConfigError(f"--{name.replace('_', '-')}", f"must be at least {low}")
+            return value
+
+        upstream = text("upstream")
+        try:
+            url = httpx.URL(upstream)
+        except httpx.InvalidURL as exc:
+            raise ConfigError("--upstream", f"unparsable URL {upstream!r}: {exc}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ConfigError("--upstream", f"expected http(s)://host:port, got {upstream!r}")
+        upstream = upstream.rstrip("/")
+        if upstream.endswith("/ari"):
+            upstream = upstream[: -len("/ari")]
+        listen = text("listen", "127.0.0.1:8089")
+        host, sep, port_text = listen.rpartition(":")
+        if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+            raise ConfigError("--listen", f"expected HOST:PORT, got {listen!r}")
+        broadcast_app = text("broadcast_app", "broadcast")
+        if not _APP_NAME.match(broadcast_app):
+            raise ConfigError(
+                "--broadcast-app", f"not a valid Stasis application name: {broadcast_app!r}"
+            )
+        log_level = text("log_level", "info").lower()
+        if log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError("--log-level", f"unknown level {log_level!r}")
+        log_json = values.get("log_json")
+        return cls(
+            upstream=upstream,
+            username=text("username"),
+            password=text("password"),
+            listen_host=host.strip("[]") or "127.0.0.1",
+            listen_port=int(port_text),
+            broadcast_app=broadcast_app,
+            subroutine_context=text("subroutine_context", "stasis-broadcast"),
+            upstream_connections=int(number("upstream_connections", 32)),
+            upstream_timeout=float(number("upstream_timeout", 10.0, float, 0.1)),
+            session_queue=int(number("session_queue", 1024, int, 16)),
+            log_level=log_level,
+            log_json=log_json in (True, "1", "true", "yes", "on"),
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ari-broadcast-proxy",
+        description=(
+            "ARI proxy that gives any Asterisk native StasisBroadcast behaviour. Every flag can "
+            f"also be set as {ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}UPSTREAM); flags win."
+        ),
+    )
+    add = parser.add_argument
+    add("--upstream", help="Asterisk's HTTP base URL, e.g. http://127.0.0.1:8088 (required)")
+    add("--username", help="the proxy's own ARI user, for the broadcast application (required)")
+    add("--password", help="that user's password (required)")
+    add("--listen", help="HOST:PORT to serve ARI on (default 127.0.0.1:8089)")
+    add(
+        "--broadcast-app",
+        help="the Stasis application the dialplan sends calls to (default broadcast)",
+    )
+    add(
+        "--subroutine-context",
+        help="dialplan context of the drop-in subroutine (default stasis-broadcast)",
+    )
+    add(
+        "--upstream-connections",
+        help="HTTP connections to Asterisk, keep below http.conf sessionlimit (default 32)",
+    )
+    add(
+        "--upstream-timeout",
+        help="seconds before an upstream call is abandoned with 504 (default 10)",
+    )
+    add(
+        "--session-queue",
+        help="events queued per client socket before it is closed as too slow (default 1024)",
+    )
+    add("--log-level", help="debug, info, warning or error (default info)")
+    add(
+        "--log-json",
+        action="store_const",
+        const=True,
+        default=None,
+        help="log one JSON object per line",
+    )
+    return parser

@@ -1,0 +1,85 @@
+"""The proxy's exception tree, and the one place that maps it to HTTP and WebSocket codes.
+
+ProxyError                     status, message: a refusal the proxy itself makes
+├── BadRequest                 400
+├── NotFound                   404
+├── Conflict                   409
+├── NotOffered                 422
+├── UpstreamError              502 (Asterisk unreachable, refused or malformed answer)
+│   └── UpstreamTimeout        504
+└── ConfigError                startup: a bad setting (exit status 2), never an HTTP answer
+"""
+
+from __future__ import annotations
+
+import orjson
+from starlette.responses import Response
+
+__all__ = [
+    "BadRequest",
+    "ConfigError",
+    "Conflict",
+    "NotFound",
+    "NotOffered",
+    "ProxyError",
+    "UpstreamError",
+    "UpstreamTimeout",
+    "json_error",
+]
+
+
+class ProxyError(Exception):
+    """A refusal with an HTTP status and a JSON `message`, as Asterisk's own errors."""
+
+    status = 500
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+
+    def response(self, headers: dict[str, str] | None = None) -> Response:
+        return json_error(self.status, self.message, headers)
+
+
+class BadRequest(ProxyError):
+    status = 400
+
+
+class NotFound(ProxyError):
+    status = 404
+
+
+class Conflict(ProxyError):
+    status = 409
+
+
+class NotOffered(ProxyError):
+    status = 422
+
+
+class UpstreamError(ProxyError):
+    status = 502
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+
+
+class ConfigError(Exception):
+    """A setting that cannot work; `setting` names it for the one-line error."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"{setting}: {message}")
+        self.setting = setting
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    """Asterisk's error shape: `{"message": ...}` with `application/json`."""
+    return Response(
+        orjson.dumps({"message": message}),
+        status_code=status,
+        media_type="application/json",
+        headers=headers,
+    )

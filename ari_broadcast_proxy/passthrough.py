@@ -1,0 +1,206 @@
+"""REST passthrough: every /ari/ request goes to Asterisk and its answer comes back unchanged,
+except the few the broadcast feature must answer or adjust (claims, control calls on channels
+under broadcast, api-docs, snapshots of broadcast channels)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import parse_qsl, unquote
+
+import orjson
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from .apidocs import ApiDocsError, base_url_for, rewrite_document
+from .auth import AccessDenied, Credentials, WriteAccess
+from .broadcast.claims import ClaimAnswer, ClaimService, native_404_for_501
+from .broadcast.controller import BroadcastController
+from .broadcast.presentation import Presenter
+from .errors import BadRequest, ProxyError, UpstreamError, json_error
+from .upstream.rest import UpstreamRest
+
+__all__ = ["Passthrough"]
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+MAX_BODY = 1024 * 1024  # ARI request bodies are small JSON/form documents
+BUFFER_LIMIT = 256 * 1024  # larger answers (recordings, sounds) are streamed
+# Operations Asterisk refuses with 409 "Channel not in Stasis application" (find_control()).
+STASIS_CONTROL = frozenset(
+    {
+        "continue",
+        "move",
+        "redirect",
+        "answer",
+        "ring",
+        "mute",
+        "dtmf",
+        "hold",
+        "moh",
+        "silence",
+        "play",
+        "record",
+        "dial",
+    }
+)
+_CHANNEL_OP = re.compile(r"^channels/([^/]+)/([^/]+)")
+
+
+class Passthrough:
+    def __init__(
+        self,
+        rest: UpstreamRest,
+        controller: BroadcastController,
+        claims: ClaimService,
+        presenter: Presenter,
+        access: WriteAccess,
+        fallback_host: str,
+    ) -> None:
+        self._rest = rest
+        self._controller = controller
+        self._claims = claims
+        self._presenter = presenter
+        self._access = access
+        self._fallback_host = fallback_host
+
+    async def handle(self, request: Request) -> Response:
+        raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
+        path = unquote(raw_path.decode("latin-1"))[len("/ari/") :]
+        try:
+            if ".." in path.split("/") or "." in path.split("/") or "//" in path:
+                raise BadRequest("Invalid path")
+            if path == "events/claim" and request.method == "POST":
+                return await self._claim(request)
+            if request.method != "GET" and (response := await self._refuse_control(request, path)):
+                return response
+            return await self._forward(request, path)
+        except ProxyError as exc:
+            log.warning("%s /ari/%s -> %d %s", request.method, path, exc.status, exc.message)
+            return exc.response()
+
+    # -- the broadcast feature's own answers --------------------------------------------------
+
+    async def _claim(self, request: Request) -> Response:
+        body = await self._body(request)
+        params = list(parse_qsl(request.url.query, keep_blank_values=True))
+        json_body = None
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "application/x-www-form-urlencoded":
+            params = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True) + params
+        elif content_type == "application/json" and body.strip():
+            try:
+                json_body = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                raise BadRequest("Error parsing request body") from None
+        credentials = Credentials.from_request(request.headers, request.query_params)
+        answer = await self._claims.answer(credentials, params, json_body)
+        if answer is None:
+            upstream = await self._send(request, "events/claim", body)
+            status, content = native_404_for_501(upstream.status_code, upstream.content)
+            return Response(content, status, media_type="application/json" if content else None)
+        return _claim_response(answer)
+
+    async def _refuse_control(self, request: Request, path: str) -> Response | None:
+        match = _CHANNEL_OP.match(path)
+        if match is None or match.group(2) not in STASIS_CONTROL:
+            return None
+        if not self._controller.is_locked(match.group(1)):
+            return None
+        try:
+            await self._access.require(
+                Credentials.from_request(request.headers, request.query_params)
+            )
+        except AccessDenied as denied:
+            return _relay(denied.response, denied.response.content)
+        log.info("%s /ari/%s -> 409: channel is under broadcast", request.method, path)
+        return json_error(409, "Channel not in Stasis application")
+
+    # -- plain forwarding ---------------------------------------------------------------------
+
+    async def _body(self, request: Request) -> bytes:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+            raise ProxyError("Request body too large", 413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise ProxyError("Request body too large", 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _send(self, request: Request, path: str, body: bytes, stream: bool = False):  # type: ignore[no-untyped-def]
+        raw_path = (request.scope.get("raw_path") or request.url.path.encode()).decode("latin-1")
+        url = raw_path[len("/ari/") :] + ("?" + request.url.query if request.url.query else "")
+        headers = [(k, v) for k, v in request.headers.items() if k not in HOP_BY_HOP]
+        upstream_request = self._rest.client.build_request(
+            request.method, url, headers=headers, content=body
+        )
+        response = await self._rest.send(upstream_request, stream=stream)
+        if not stream:
+            await response.aread()
+        return response
+
+    async def _forward(self, request: Request, path: str) -> Response:
+        body = await self._body(request)
+        upstream = await self._send(request, path, body, stream=True)
+        length = upstream.headers.get("content-length")
+        if length is None or not length.isdigit() or int(length) > BUFFER_LIMIT:
+            headers = {k: v for k, v in upstream.headers.items() if k not in HOP_BY_HOP}
+            return StreamingResponse(
+                upstream.aiter_raw(),
+                upstream.status_code,
+                headers,
+                background=BackgroundTask(upstream.aclose),
+            )
+        try:
+            content = await upstream.aread()
+        finally:
+            await upstream.aclose()
+        if upstream.status_code >= 500:
+            log.warning(
+                "%s /ari/%s -> %d from Asterisk", request.method, path, upstream.status_code
+            )
+        if path.startswith("api-docs/") and upstream.status_code == 200:
+            base = base_url_for(
+                request.url.scheme, request.headers.get("host"), self._fallback_host
+            )
+            try:
+                content = rewrite_document(path[len("api-docs/") :], content, base)
+            except ApiDocsError as exc:
+                raise UpstreamError(f"Asterisk sent an unusable api-docs document: {exc}") from exc
+        elif path.startswith("channels") and len(self._presenter):
+            content = self._presenter.body(content)
+        return _relay(upstream, content)
+
+
+def _relay(upstream, content: bytes) -> Response:  # type: ignore[no-untyped-def]
+    headers = {
+        k: v for k, v in upstream.headers.items() if k not in HOP_BY_HOP and k != "content-encoding"
+    }
+    return Response(content, upstream.status_code, headers)
+
+
+def _claim_response(answer: ClaimAnswer) -> Response:
+    if answer.body is None:
+        return Response(status_code=answer.status)
+    return Response(
+        orjson.dumps(answer.body), answer.status, answer.headers, media_type="application/json"
+    )

@@ -1,0 +1,103 @@
+"""REST over WebSocket (ARI 20.14+/22.4+): `RESTRequest` frames in, `RESTResponse` frames out.
+
+The relay forwards every request to Asterisk untouched except the ones the proxy answers
+itself (the claim); this module recognises those and builds responses in Asterisk's shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+
+__all__ = ["RestRequest", "parse_rest_request", "rest_response"]
+
+
+@dataclass(frozen=True)
+class RestRequest:
+    transaction_id: str
+    request_id: str
+    method: str
+    path: str  # without query string, no leading slash: "events/claim"
+    params: list[tuple[str, str]]  # query string, then query_strings, then form body
+    json_body: Any | None
+    body_error: str | None  # Asterisk's message when message_body does not parse
+
+
+def parse_rest_request(text: str) -> RestRequest | None:
+    """The request in a client frame, or None when the frame is not a well-formed RESTRequest
+    (those go to Asterisk, which answers with its own 400)."""
+    try:
+        message = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(message, dict) or message.get("type") != "RESTRequest":
+        return None
+    uri, method = message.get("uri"), message.get("method")
+    if not isinstance(uri, str) or not uri or not isinstance(method, str):
+        return None
+    path, _, query = uri.partition("?")
+    params = parse_qsl(query, keep_blank_values=True)
+    extra = message.get("query_strings")
+    if extra is not None:
+        if not isinstance(extra, list) or not all(
+            isinstance(q, dict)
+            and isinstance(q.get("name"), str)
+            and isinstance(q.get("value"), str)
+            for q in extra
+        ):
+            return None
+        params += [(q["name"], q["value"]) for q in extra]
+    json_body, body_error = None, None
+    body = message.get("message_body")
+    if isinstance(body, str) and body:
+        content_type = str(message.get("content_type", "")).split(";")[0].strip().lower()
+        if content_type == "application/x-www-form-urlencoded":
+            params += parse_qsl(body, keep_blank_values=True)
+        elif content_type == "application/json":
+            try:
+                json_body = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                body_error = f"Unable to parse 'message_body' as '{content_type}'."
+        else:
+            return None  # let Asterisk produce its own content-type error
+    return RestRequest(
+        transaction_id=str(message.get("transaction_id", "")),
+        request_id=str(message.get("request_id", "")),
+        method=method.upper(),
+        path=path.strip("/"),
+        params=params,
+        json_body=json_body,
+        body_error=body_error,
+    )
+
+
+def rest_response(
+    request: RestRequest,
+    status: int,
+    body: dict[str, Any] | None,
+    *,
+    timestamp: str,
+    asterisk_id: str | None,
+    application: str,
+) -> str:
+    """A RESTResponse frame as Asterisk writes it (no body fields for 204)."""
+    message: dict[str, Any] = {
+        "type": "RESTResponse",
+        "transaction_id": request.transaction_id,
+        "request_id": request.request_id,
+        "status_code": status,
+        "reason_phrase": HTTPStatus(status).phrase,
+        "uri": request.path,
+    }
+    if body is not None:
+        message["content_type"] = "application/json"
+        message["message_body"] = orjson.dumps(body).decode()
+    message["timestamp"] = timestamp
+    if asterisk_id:
+        message["asterisk_id"] = asterisk_id
+    message["application"] = application
+    return orjson.dumps(message).decode()

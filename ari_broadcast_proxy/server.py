@@ -1,0 +1,60 @@
+"""Run the proxy: bind, serve with uvicorn, shut down in order on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import uvicorn
+
+from .app import create_app
+from .config import Config
+from .errors import ConfigError
+from .logs import configure_logging
+
+__all__ = ["bind", "run"]
+
+log = logging.getLogger(__name__)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """Bind the listening socket up front so 'port in use' is a one-line config error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError("--listen", f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(config: Config) -> None:
+    configure_logging(config.log_level, config.log_json)
+    sock = bind(config.listen_host, config.listen_port)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            log_config=None,
+            lifespan="on",
+            ws="websockets-sansio",
+            ws_max_size=1024 * 1024,
+            ws_ping_interval=None,
+            proxy_headers=False,
+            server_header=False,
+            date_header=False,
+            timeout_graceful_shutdown=10,
+            access_log=False,
+        )
+    )
+    log.info(
+        "ari-broadcast-proxy listening on http://%s:%d/ari, upstream %s, broadcast application %r",
+        config.listen_host,
+        config.listen_port,
+        config.upstream,
+        config.broadcast_app,
+    )
+    server.run(sockets=[sock])

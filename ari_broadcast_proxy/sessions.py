@@ -1,0 +1,264 @@
+"""Downstream events WebSockets: one upstream socket per client socket, relayed both ways.
+
+    client <-> EventSession <-> Asterisk /ari/events (same query, same credentials)
+
+Frames from Asterisk pass through `Interceptor.upstream_frame` (the broadcast feature
+rewrites or drops some) into a bounded queue drained by one writer task, so a client that
+stops reading never blocks anyone else: when its queue is full the session is closed with
+1013. Frames from the client pass through `Interceptor.client_frame` (which answers claims
+itself) or go to Asterisk unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+from urllib.parse import parse_qsl
+
+from starlette.responses import Response
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from .errors import ProxyError, json_error
+from .registry import AppRegistry
+from .upstream.websocket import HandshakeRefused, open_events_socket
+
+__all__ = ["EventSession", "Interceptor", "SessionManager", "requested_apps"]
+
+log = logging.getLogger(__name__)
+
+CLOSE_SLOW_CONSUMER = 1013  # "try again later": the client should reconnect
+CLOSE_UPSTREAM_GONE = 1001
+CLOSE_SHUTDOWN = 1001
+_FORWARDED_HEADERS = ("authorization", "origin")
+
+
+class Interceptor(Protocol):
+    def upstream_frame(self, session: EventSession, text: str) -> str | None:
+        """The frame to send to the client (None drops it)."""
+
+    async def client_frame(self, session: EventSession, text: str) -> bool:
+        """True if the frame was answered by the proxy and must not reach Asterisk."""
+
+
+def requested_apps(query: list[tuple[str, str]]) -> list[str]:
+    """`app=a,b&app=c` -> [a, b, c] (Asterisk accepts both forms)."""
+    apps: list[str] = []
+    for name, value in query:
+        if name == "app":
+            apps += [a for a in value.split(",") if a]
+    return apps
+
+
+class EventSession:
+    """One client events socket and its upstream twin."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        upstream: ClientConnection,
+        apps: list[str],
+        queue_size: int,
+        interceptor: Interceptor,
+    ) -> None:
+        self.websocket = websocket
+        self.upstream = upstream
+        self.apps = apps
+        self.query = dict(parse_qsl(websocket.url.query, keep_blank_values=True))
+        self.headers = {k: v for k, v in websocket.headers.items() if k in _FORWARDED_HEADERS}
+        self._queue: asyncio.Queue[str] = asyncio.Queue(queue_size)
+        self._interceptor = interceptor
+        self._closing: tuple[int, str] | None = None
+        self._done = asyncio.Event()
+
+    @property
+    def first_app(self) -> str:
+        return self.apps[0] if self.apps else ""
+
+    def __repr__(self) -> str:
+        return f"<EventSession apps={','.join(self.apps)}>"
+
+    # -- output -------------------------------------------------------------------------------
+
+    def send_event(self, text: str) -> None:
+        """Queue a frame for the client; a full queue closes the session (slow consumer)."""
+        if self._closing is not None:
+            return
+        try:
+            self._queue.put_nowait(text)
+        except asyncio.QueueFull:
+            log.warning(
+                "closing events socket for %s: client stopped reading (%d frames queued)",
+                ",".join(self.apps),
+                self._queue.qsize(),
+            )
+            self.close(CLOSE_SLOW_CONSUMER, "slow consumer: event queue full")
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask the session to end; `run` closes both sockets with `code`."""
+        if self._closing is None:
+            self._closing = (code, reason)
+        self._done.set()
+
+    # -- the relay ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Relay until either side closes or `close` is called; then close both sides."""
+        tasks = [
+            asyncio.create_task(self._from_upstream(), name="from-upstream"),
+            asyncio.create_task(self._from_client(), name="from-client"),
+            asyncio.create_task(self._to_client(), name="to-client"),
+            asyncio.create_task(self._done.wait(), name="done"),
+        ]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            code, reason = self._closing or (1000, "")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.upstream.close(), 2)
+            with contextlib.suppress(Exception):
+                await self.websocket.close(code, reason)
+
+    async def _from_upstream(self) -> None:
+        try:
+            async for text in self.upstream:
+                if not isinstance(text, str):
+                    continue  # ARI only sends text frames
+                out = self._interceptor.upstream_frame(self, text)
+                if out is not None:
+                    self.send_event(out)
+        except ConnectionClosed:
+            pass
+        rcvd = self.upstream.close_code
+        code = rcvd if rcvd in (1000, 1001, 1008, 1011) else CLOSE_UPSTREAM_GONE
+        log.info("Asterisk closed the events socket for %s (%s)", ",".join(self.apps), rcvd)
+        self.close(code, "Asterisk closed the connection")
+
+    async def _from_client(self) -> None:
+        try:
+            while True:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    self.close(1000, "")
+                    return
+                text = message.get("text")
+                if text is None:
+                    data = message.get("bytes") or b""
+                    try:
+                        text = data.decode()
+                    except UnicodeDecodeError:
+                        self.close(1007, "frames must be UTF-8 JSON")
+                        return
+                if not await self._interceptor.client_frame(self, text):
+                    await self.upstream.send(text)
+        except (WebSocketDisconnect, ConnectionClosed):
+            self.close(1000, "")
+
+    async def _to_client(self) -> None:
+        send = self.websocket.send_text
+        get = self._queue.get
+        while True:
+            await send(await get())
+
+
+class SessionManager:
+    """Accepts client sockets, opens their upstream twins, owns every running session."""
+
+    def __init__(
+        self,
+        upstream_ws: str,
+        timeout: float,
+        queue_size: int,
+        registry: AppRegistry,
+        interceptor: Interceptor,
+        reserved_app: str,
+    ) -> None:
+        self._upstream_ws = upstream_ws
+        self._timeout = timeout
+        self._queue_size = queue_size
+        self._registry = registry
+        self._interceptor = interceptor
+        self._reserved_app = reserved_app
+        self._sessions: set[EventSession] = set()
+        self._none_left = asyncio.Event()
+        self._none_left.set()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    async def endpoint(self, websocket: WebSocket) -> None:
+        """Starlette WebSocket endpoint for /ari/events."""
+        query = parse_qsl(websocket.url.query, keep_blank_values=True)
+        apps = requested_apps(query)
+        if self._reserved_app in apps:
+            log.warning("refused events socket: application %r is reserved", self._reserved_app)
+            await websocket.send_denial_response(
+                json_error(
+                    403, f"Application '{self._reserved_app}' is reserved for the broadcast proxy"
+                )
+            )
+            return
+        headers = {k: v for k, v in websocket.headers.items() if k in _FORWARDED_HEADERS}
+        url = (
+            self._upstream_ws
+            + "/events"
+            + ("?" + websocket.url.query if websocket.url.query else "")
+        )
+        subprotocols = [
+            p.strip()
+            for p in websocket.headers.get("sec-websocket-protocol", "").split(",")
+            if p.strip()
+        ]
+        try:
+            upstream = await open_events_socket(
+                url, headers, timeout=self._timeout, subprotocols=subprotocols or None
+            )
+        except HandshakeRefused as refused:
+            log.info(
+                "Asterisk refused events socket for %s with %d", ",".join(apps), refused.status
+            )
+            keep = {"content-type", "www-authenticate"}
+            await websocket.send_denial_response(
+                Response(
+                    refused.body,
+                    status_code=refused.status,
+                    headers={k: v for k, v in refused.headers if k.lower() in keep},
+                )
+            )
+            return
+        except ProxyError as exc:
+            log.error("events socket for %s failed: %s", ",".join(apps), exc.message)
+            await websocket.send_denial_response(exc.response())
+            return
+        session = EventSession(websocket, upstream, apps, self._queue_size, self._interceptor)
+        try:
+            await websocket.accept(subprotocol=upstream.subprotocol)
+        except Exception:
+            await upstream.close()
+            raise
+        self._sessions.add(session)
+        self._none_left.clear()
+        self._registry.register(session, apps)
+        log.info("events socket open for %s", ",".join(apps))
+        try:
+            await session.run()
+        finally:
+            self._registry.unregister(session, apps)
+            self._sessions.discard(session)
+            if not self._sessions:
+                self._none_left.set()
+            log.info("events socket closed for %s", ",".join(apps))
+
+    def close_all(self, code: int = CLOSE_SHUTDOWN, reason: str = "proxy shutting down") -> None:
+        for session in list(self._sessions):
+            session.close(code, reason)
+
+    async def wait_closed(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._none_left.wait(), timeout)

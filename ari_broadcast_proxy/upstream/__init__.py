@@ -1,0 +1,1 @@
+"""Everything that talks to the upstream Asterisk: pooled REST and events WebSockets."""

@@ -1,0 +1,73 @@
+"""The one pooled HTTP client to Asterisk's ARI, with timeouts and error mapping.
+
+Both the REST passthrough (clients' own credentials, streamed) and the proxy's own control
+calls (move/continue/variable with the proxy's credentials) share this pool, sized below
+Asterisk's http.conf `sessionlimit` so the proxy never trips it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+import httpx
+
+from ..config import Config
+from ..errors import UpstreamError, UpstreamTimeout
+
+__all__ = ["UpstreamRest"]
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamRest:
+    def __init__(self, config: Config, transport: httpx.AsyncBaseTransport | None = None) -> None:
+        n = config.upstream_connections
+        self._client = httpx.AsyncClient(
+            base_url=config.upstream_ari + "/",
+            limits=httpx.Limits(
+                max_connections=n, max_keepalive_connections=n, keepalive_expiry=20
+            ),
+            timeout=httpx.Timeout(
+                config.upstream_timeout, connect=min(5.0, config.upstream_timeout)
+            ),
+            transport=transport,
+            follow_redirects=False,
+        )
+        self._auth = httpx.BasicAuth(config.username, config.password)
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        return self._client
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def send(self, request: httpx.Request, *, stream: bool = False) -> httpx.Response:
+        """Send a prepared request; transport failures become 502/504 ProxyErrors."""
+        try:
+            return await self._client.send(request, stream=stream)
+        except httpx.TimeoutException as exc:
+            raise UpstreamTimeout(
+                f"Asterisk did not answer in time ({type(exc).__name__})"
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise UpstreamError(f"Asterisk is unreachable ({type(exc).__name__}: {exc})") from exc
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str | int] | None = None,
+        *,
+        auth: httpx.Auth | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """One small ARI call as the proxy (or with `auth`), body read. `path` has no /ari/."""
+        request = self._client.build_request(
+            method, path.lstrip("/"), params=params, headers=headers
+        )
+        request = next((auth or self._auth).auth_flow(request))
+        response = await self.send(request)
+        await response.aread()
+        return response
