@@ -61,7 +61,10 @@ class Asterisk:
     def cli(self, command: str) -> str:
         out = subprocess.run(
             [str(SANDBOX), "cli", "--name", self.name, "--", command],
-            check=True, capture_output=True, text=True, timeout=30,
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
         return out.stdout
 
@@ -73,9 +76,18 @@ class Asterisk:
 def start_asterisk(name: str) -> Asterisk:
     port = free_port(3)
     subprocess.run(
-        [str(SANDBOX), "up", "--name", name, "--port", str(port),
-         "--overlay", str(ROOT / "tests" / "asterisk-conf")],
-        check=True, timeout=600,
+        [
+            str(SANDBOX),
+            "up",
+            "--name",
+            name,
+            "--port",
+            str(port),
+            "--overlay",
+            str(ROOT / "tests" / "asterisk-conf"),
+        ],
+        check=True,
+        timeout=600,
     )
     return Asterisk(name, port)
 
@@ -127,8 +139,8 @@ class Ari:
             with contextlib.suppress(httpx.HTTPError):
                 await self.http.delete(f"channels/{channel['id']}")
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and (await self.http.get("channels")).json():
-            await asyncio.sleep(0.05)
+        while time.monotonic() < deadline and (await self.http.get("channels")).json():  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # polling: ARI has no "all channels gone" event
 
     async def set_native_modules(self, loaded: bool) -> None:
         """Load or unload res/app_stasis_broadcast on the running Asterisk."""
@@ -181,9 +193,11 @@ class Events:
 
 
 @contextlib.asynccontextmanager
-async def events(base: str, apps: str, *, auth: str = f"{USER}:{PASSWORD}", **query: str) -> AsyncIterator[Events]:
+async def events(
+    base: str, apps: str, *, auth: str = f"{USER}:{PASSWORD}", **query: str
+) -> AsyncIterator[Events]:
     """Connect an events WebSocket to `base` (Asterisk or the proxy)."""
-    ws_base = "ws" + base[len("http"):]
+    ws_base = "ws" + base[len("http") :]
     params = "&".join([f"app={apps}", f"api_key={auth}", *(f"{k}={v}" for k, v in query.items())])
     socket = await connect(f"{ws_base}/ari/events?{params}", max_size=None, compression=None)
     client = Events(socket)

@@ -36,10 +36,23 @@ class ProxyProcess:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "ari_broadcast_proxy", "--upstream", asterisk.base,
-             "--username", PROXY_USER[0], "--password", PROXY_USER[1],
-             "--listen", f"127.0.0.1:{self.port}", *extra],
-            stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT,
+            [
+                sys.executable,
+                "-m",
+                "ari_broadcast_proxy",
+                "--upstream",
+                asterisk.base,
+                "--username",
+                PROXY_USER[0],
+                "--password",
+                PROXY_USER[1],
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                *extra,
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
         )
         self.wait_ready()
 
@@ -106,3 +119,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "integration" in item.path.parts:
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def _proxy_log_on_failure(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Print the proxy's log lines from this test (pytest shows them when it fails)."""
+    if "proxy" not in request.fixturenames:
+        yield
+        return
+    process: ProxyProcess = request.getfixturevalue("proxy")
+    start = len(process.log())
+    yield
+    print("---- proxy log during this test ----")
+    print(process.log()[start:][-20000:])

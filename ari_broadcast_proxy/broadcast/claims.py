@@ -1,0 +1,79 @@
+"""Answering claims, over HTTP and over REST-over-WebSocket alike.
+
+Order as Asterisk: credentials (401/403 from Asterisk itself), then parameters (400), then
+the broadcast state (204/404/409, and the proxy's 422). A channel the proxy is not
+broadcasting is not the proxy's business: the caller forwards the claim to Asterisk, and a
+501 from an Asterisk without res_stasis_broadcast becomes native's 404.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from ..auth import AccessDenied, Credentials, WriteAccess
+from ..claims import CLAIM_CONFLICT, CLAIM_NOT_FOUND, CLAIM_NOT_OFFERED, claim_params
+from ..errors import BadRequest
+from .controller import BroadcastController
+from .core import ClaimOutcome
+
+__all__ = ["ClaimAnswer", "ClaimService", "native_404_for_501"]
+
+_MESSAGES = {
+    ClaimOutcome.NOT_FOUND: CLAIM_NOT_FOUND,
+    ClaimOutcome.CONFLICT: CLAIM_CONFLICT,
+    ClaimOutcome.NOT_OFFERED: CLAIM_NOT_OFFERED,
+}
+
+
+@dataclass(frozen=True)
+class ClaimAnswer:
+    status: int
+    body: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class ClaimService:
+    def __init__(self, controller: BroadcastController, access: WriteAccess) -> None:
+        self._controller = controller
+        self._access = access
+
+    async def answer(
+        self,
+        credentials: Credentials,
+        params: Iterable[tuple[str, str]],
+        json_body: Any | None,
+    ) -> ClaimAnswer | None:
+        """The proxy's answer, or None when Asterisk must answer (not our broadcast)."""
+        try:
+            await self._access.require(credentials)
+        except AccessDenied as denied:
+            response = denied.response
+            try:
+                body = response.json()
+            except ValueError:
+                body = {"message": response.text}
+            headers = {}
+            if "www-authenticate" in response.headers:
+                headers["www-authenticate"] = response.headers["www-authenticate"]
+            return ClaimAnswer(response.status_code, body, headers)
+        try:
+            claim = claim_params(params, json_body)
+        except BadRequest as exc:
+            return ClaimAnswer(400, {"message": exc.message})
+        outcome = self._controller.claim(claim.channel_id, claim.application)
+        if outcome is None:
+            return None
+        if outcome is ClaimOutcome.WON:
+            return ClaimAnswer(204)
+        return ClaimAnswer(outcome.value, {"message": _MESSAGES[outcome]})
+
+
+def native_404_for_501(status: int, body: bytes) -> tuple[int, bytes]:
+    """Asterisk without res_stasis_broadcast answers 501; native would say 404."""
+    if status == 501:
+        return 404, orjson.dumps({"message": CLAIM_NOT_FOUND})
+    return status, body

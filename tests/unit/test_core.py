@@ -1,0 +1,223 @@
+"""The claim state machine, driven by scripted inputs and a fake clock."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ari_broadcast_proxy.broadcast.core import (
+    ArmTimer,
+    BroadcastCore,
+    CancelTimer,
+    ClaimOutcome,
+    HandOver,
+    IllegalTransition,
+    ResumeDialplan,
+    SendCallBroadcast,
+    SendCallClaimed,
+    State,
+    Verdict,
+)
+
+APPS = ["alpha", "beta", "gamma"]
+
+
+def offered(
+    notify: bool = False, timeout_ms: int = 500, apps: list[str] = APPS
+) -> BroadcastCore[str]:
+    core: BroadcastCore[str] = BroadcastCore(random.Random(7))
+    core.offer("chan-1", "ctx", apps, timeout_ms, notify, now=100.0)
+    return core
+
+
+def test_offer_sends_one_broadcast_to_every_recipient_and_arms_the_deadline() -> None:
+    core: BroadcastCore[str] = BroadcastCore(random.Random(1))
+    commands = core.offer("chan-1", "ctx", APPS, 1500, False, now=10.0)
+    assert [type(c) for c in commands] == [SendCallBroadcast, ArmTimer]
+    send, arm = commands
+    assert isinstance(send, SendCallBroadcast) and sorted(send.apps) == APPS
+    assert arm == ArmTimer("chan-1", 11.5)
+    assert core.get("chan-1").state is State.OFFERED
+
+
+def test_order_is_shuffled_per_call() -> None:
+    core: BroadcastCore[str] = BroadcastCore(random.Random(3))
+    apps = [f"app{i}" for i in range(8)]
+    orders = set()
+    for n in range(20):
+        send = core.offer(f"c{n}", "ctx", apps, 500, False, now=0.0)[0]
+        assert isinstance(send, SendCallBroadcast)
+        orders.add(send.apps)
+    assert len(orders) > 10
+
+
+def test_no_recipient_still_waits_the_full_timeout() -> None:
+    core: BroadcastCore[str] = BroadcastCore()
+    commands = core.offer("chan-1", "ctx", [], 700, False, now=1.0)
+    assert commands == [ArmTimer("chan-1", 1.7)]
+    assert core.expire("chan-1", now=1.7)[0].verdict is Verdict.TIMEOUT
+
+
+def test_first_claim_wins_then_every_claim_conflicts() -> None:
+    core = offered()
+    outcome, commands = core.claim("chan-1", "beta", now=100.1)
+    assert outcome is ClaimOutcome.WON
+    assert [type(c) for c in commands] == [CancelTimer, HandOver]
+    assert commands[1].winner == "beta"
+    for app in APPS:  # the winner included, as native
+        assert core.claim("chan-1", app, now=100.2) == (ClaimOutcome.CONFLICT, [])
+
+
+def test_notify_claimed_adds_call_claimed() -> None:
+    core = offered(notify=True)
+    _, commands = core.claim("chan-1", "alpha", now=100.1)
+    assert isinstance(commands[-1], SendCallClaimed) and commands[-1].winner == "alpha"
+
+
+def test_claim_by_an_app_that_was_not_offered_is_refused_and_the_race_goes_on() -> None:
+    core = offered(apps=["alpha"])
+    assert core.claim("chan-1", "intruder", now=100.1) == (ClaimOutcome.NOT_OFFERED, [])
+    assert core.claim("chan-1", "alpha", now=100.2)[0] is ClaimOutcome.WON
+
+
+def test_unknown_channel_is_not_found() -> None:
+    assert offered().claim("other", "alpha", now=0)[0] is ClaimOutcome.NOT_FOUND
+
+
+def test_timeout_resumes_with_timeout_and_later_claims_are_not_found() -> None:
+    core = offered()
+    commands = core.expire("chan-1", now=100.5)
+    assert len(commands) == 1 and isinstance(commands[0], ResumeDialplan)
+    assert commands[0].verdict is Verdict.TIMEOUT
+    assert core.claim("chan-1", "alpha", now=100.6)[0] is ClaimOutcome.NOT_FOUND
+
+
+def test_claim_after_deadline_but_before_the_verdict_still_wins() -> None:
+    core = offered()
+    assert core.claim("chan-1", "alpha", now=100.9)[0] is ClaimOutcome.WON
+    assert core.expire("chan-1", now=101.0) == []  # the stale timer is ignored
+
+
+def test_timer_firing_early_is_a_bug() -> None:
+    core = offered(timeout_ms=5000)
+    with pytest.raises(IllegalTransition):
+        core.expire("chan-1", now=100.1)
+
+
+def test_hangup_during_broadcast_ends_it_at_once() -> None:
+    core = offered()
+    assert core.channel_left("chan-1") == [CancelTimer("chan-1")]
+    assert core.claim("chan-1", "alpha", now=100.1)[0] is ClaimOutcome.NOT_FOUND
+    assert core.expire("chan-1", now=100.5) == []
+
+
+def test_leaving_after_the_claim_is_the_hand_over_itself() -> None:
+    core = offered()
+    core.claim("chan-1", "alpha", now=100.1)
+    assert core.channel_left("chan-1") == []
+    assert core.claim("chan-1", "beta", now=100.2)[0] is ClaimOutcome.CONFLICT
+
+
+def test_conflict_lasts_until_the_winners_session_ends() -> None:
+    core = offered()
+    core.claim("chan-1", "alpha", now=100.1)
+    core.session_started("chan-1", "alpha")
+    assert core.get("chan-1").session_started
+    assert core.session_ended("chan-1") is not None
+    assert core.claim("chan-1", "beta", now=105)[0] is ClaimOutcome.NOT_FOUND
+
+
+def test_failed_hand_over_resumes_with_failed() -> None:
+    core = offered()
+    core.claim("chan-1", "alpha", now=100.1)
+    commands = core.handover_failed("chan-1", channel_gone=False)
+    assert len(commands) == 1 and commands[0].verdict is Verdict.FAILED
+    assert core.get("chan-1") is None
+
+
+def test_failed_hand_over_of_a_gone_channel_needs_no_dialplan() -> None:
+    core = offered()
+    core.claim("chan-1", "alpha", now=100.1)
+    assert core.handover_failed("chan-1", channel_gone=True) == []
+
+
+def test_hand_over_failure_without_a_claim_is_illegal() -> None:
+    with pytest.raises(IllegalTransition):
+        offered().handover_failed("chan-1", channel_gone=False)
+
+
+def test_repeat_broadcast_on_the_same_channel_starts_fresh() -> None:
+    core = offered()
+    core.claim("chan-1", "alpha", now=100.1)
+    commands = core.offer("chan-1", "ctx2", APPS, 500, False, now=200.0)
+    assert isinstance(commands[0], SendCallBroadcast)
+    assert core.get("chan-1").state is State.OFFERED
+    assert core.claim("chan-1", "beta", now=200.1)[0] is ClaimOutcome.WON
+
+
+def test_offering_a_channel_already_on_offer_is_illegal() -> None:
+    with pytest.raises(IllegalTransition):
+        offered().offer("chan-1", "ctx", APPS, 500, False, now=100.2)
+
+
+def test_drain_sends_offered_channels_back_and_keeps_claimed_ones() -> None:
+    core: BroadcastCore[str] = BroadcastCore()
+    core.offer("a", "ctx", APPS, 500, False, now=0)
+    core.offer("b", "ctx", APPS, 500, False, now=0)
+    core.claim("b", "alpha", now=0.1)
+    commands = core.drain()
+    assert [type(c) for c in commands] == [CancelTimer, ResumeDialplan]
+    assert commands[1].broadcast.channel_id == "a"
+    assert core.get("b") is not None
+
+
+# -- random interleavings ---------------------------------------------------------------------
+
+step = st.one_of(
+    st.tuples(st.just("claim"), st.sampled_from([*APPS, "intruder"])),
+    st.tuples(st.just("expire"), st.none()),
+    st.tuples(st.just("left"), st.none()),
+    st.tuples(st.just("ended"), st.none()),
+    st.tuples(st.just("failed"), st.none()),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(step, max_size=12))
+def test_any_interleaving_has_at_most_one_winner_and_one_verdict(
+    steps: list[tuple[str, str | None]],
+) -> None:
+    core = offered()
+    now = 100.0
+    winners, verdicts = [], []
+    for kind, app in steps:
+        now += 0.2
+        broadcast = core.get("chan-1")
+        if kind == "claim":
+            outcome, commands = core.claim("chan-1", app, now)
+            if outcome is ClaimOutcome.WON:
+                winners.append(app)
+            if broadcast is None:
+                assert outcome is ClaimOutcome.NOT_FOUND
+        elif kind == "expire":
+            commands = core.expire("chan-1", max(now, 100.5))
+        elif kind == "left":
+            commands = core.channel_left("chan-1")
+        elif kind == "ended":
+            core.session_ended("chan-1")
+            commands = []
+        else:
+            if broadcast is None or broadcast.state is not State.CLAIMED:
+                with pytest.raises(IllegalTransition):
+                    core.handover_failed("chan-1", channel_gone=False)
+                continue
+            commands = core.handover_failed("chan-1", channel_gone=False)
+        verdicts += [c.verdict for c in commands if isinstance(c, ResumeDialplan)]
+    assert len(winners) <= 1
+    assert "intruder" not in winners
+    assert len(verdicts) <= 1
+    if winners:
+        assert Verdict.TIMEOUT not in verdicts
