@@ -96,12 +96,11 @@ class Presenter:
         self._invocations: dict[str, Invocation] = {}
         self._broadcast_app = broadcast_app
         self._subroutine_context = subroutine_context
-        # Substrings that any frame needing work must contain; cheap to test on every frame.
+        # Substrings a snapshot of ours must contain; cheap to test on every frame.
         self._markers = (
             f'"{subroutine_context}"',
             f'"{broadcast_app},',
             f'"{broadcast_app}"',
-            INTERNAL_VARIABLE_PREFIX,
         )
 
     def __len__(self) -> int:
@@ -129,27 +128,26 @@ class Presenter:
             app_data == self._broadcast_app or app_data.startswith(self._broadcast_app + ",")
         )
 
-    def needs_work(self, text: str) -> bool:
+    def _has_snapshots_of_ours(self, text: str) -> bool:
         return bool(self._invocations) and any(marker in text for marker in self._markers)
 
     def frame(self, text: str) -> str | None:
         """An upstream events frame as the client must see it; None drops it."""
-        if not self.needs_work(text):
+        internal = INTERNAL_VARIABLE_PREFIX in text
+        if not internal and not self._has_snapshots_of_ours(text):
             return text
         message = orjson.loads(text)
         if not isinstance(message, dict):
             return text
-        if message.get("type") == "ChannelVarset" and str(message.get("variable", "")).startswith(
-            INTERNAL_VARIABLE_PREFIX
-        ):
-            return None
+        variable = str(message.get("variable", ""))
+        if internal and variable.startswith(INTERNAL_VARIABLE_PREFIX):
+            return None  # ChannelVarset of the proxy's own variables
         self._walk(message)
         return orjson.dumps(message).decode()
 
     def body(self, content: bytes) -> bytes:
         """A REST response body (a channel or a list of channels) as the client must see it."""
-        text = content.decode("utf-8", "replace")
-        if not self.needs_work(text):
+        if not self._has_snapshots_of_ours(content.decode("utf-8", "replace")):
             return content
         data = orjson.loads(content)
         self._walk(data)

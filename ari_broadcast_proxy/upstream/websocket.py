@@ -47,8 +47,9 @@ async def open_events_socket(
         )
     except InvalidStatus as exc:
         response = exc.response
+        # websockets hands the body over as a bytearray; Starlette only sends bytes as is.
         raise HandshakeRefused(
-            response.status_code, list(response.headers.raw_items()), response.body or b""
+            response.status_code, list(response.headers.raw_items()), bytes(response.body or b"")
         ) from exc
     except TimeoutError as exc:
         raise UpstreamTimeout("Asterisk did not complete the WebSocket handshake in time") from exc

@@ -1,0 +1,165 @@
+"""What only the proxy does around broadcasts: refusing claims up front, credentials,
+native broadcasts passing through, the direct form, and keeping its internals private."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from ..ari import Ari, Asterisk, events
+from ..conftest import ProxyProcess
+from .scenarios import Target, apps, claim, place_call, result
+
+NOT_FOUND = {"message": "Channel not found or not in broadcast state"}
+
+
+@pytest.fixture
+async def proxy_target(asterisk: Asterisk, ari: Ari, proxy: ProxyProcess) -> AsyncIterator[Target]:
+    await ari.set_native_modules(False)
+    client = Ari(proxy.base)
+    try:
+        yield Target("proxy", proxy.base, "conformance-proxy", ari, client)
+    finally:
+        await client.aclose()
+        await ari.set_native_modules(True)
+
+
+async def test_claim_for_an_app_that_was_not_offered_is_refused_and_the_race_goes_on(
+    proxy_target: Target,
+) -> None:
+    async with apps(proxy_target, "ivr-main", "support") as sockets:
+        call = await place_call(proxy_target, "5000,^ivr-")
+        offer = await sockets["ivr-main"].wait_for("CallBroadcast")
+        channel_id = offer["channel"]["id"]
+        for intruder in ("support", "not-connected-at-all"):
+            refused = await claim(proxy_target.apps_ari, channel_id, intruder)
+            assert refused == {
+                "status": 422,
+                "body": {"message": "Application was not offered this channel"},
+            }
+        assert (await claim(proxy_target.apps_ari, channel_id, "ivr-main"))["status"] == 204
+        await sockets["ivr-main"].wait_for("StasisStart")
+        await proxy_target.apps_ari.http.post(f"channels/{channel_id}/continue")
+        assert (await result(proxy_target, call))[0] == "SUCCESS"
+        assert sockets["support"].of_type("CallBroadcast") == []
+
+
+async def test_claims_need_credentials_asterisk_accepts(
+    proxy_target: Target, proxy: ProxyProcess
+) -> None:
+    async with apps(proxy_target, "guarded") as sockets:
+        call = await place_call(proxy_target, "3000")
+        offer = await sockets["guarded"].wait_for("CallBroadcast")
+        params = {"channelId": offer["channel"]["id"], "application": "guarded"}
+        url = f"{proxy.base}/ari/events/claim"
+        async with httpx.AsyncClient() as anonymous:
+            nobody = await anonymous.post(url, params=params)
+            wrong = await anonymous.post(url, params=params, auth=("asterisk", "wrong"))
+            readonly = await anonymous.post(url, params=params, auth=("readonly", "readonly"))
+        assert nobody.status_code == 401
+        assert nobody.json() == {"message": "Authentication required"}
+        assert nobody.headers["www-authenticate"].startswith("Basic")
+        assert wrong.status_code == 401
+        assert readonly.status_code == 403
+        assert readonly.json() == {"message": "Write access denied"}
+        # None of those ended the race.
+        won = await claim(proxy_target.apps_ari, offer["channel"]["id"], "guarded")
+        assert won["status"] == 204
+        await sockets["guarded"].wait_for("StasisStart")
+        await proxy_target.apps_ari.http.post(f"channels/{offer['channel']['id']}/continue")
+        assert (await result(proxy_target, call))[0] == "SUCCESS"
+
+
+async def test_claim_for_a_channel_the_proxy_is_not_broadcasting_gets_native_404(
+    proxy_target: Target,
+) -> None:
+    # Native modules are unloaded: Asterisk says 501, the client must see native's 404.
+    response = await claim(proxy_target.apps_ari, "1234.5678", "anyone")
+    assert response == {"status": 404, "body": NOT_FOUND}
+
+
+async def test_native_broadcasts_keep_working_through_the_proxy(
+    asterisk: Asterisk, ari: Ari, proxy: ProxyProcess
+) -> None:
+    await ari.set_native_modules(True)
+    client = Ari(proxy.base)
+    native = Target("native-through-proxy", proxy.base, "conformance-native", ari, client)
+    try:
+        async with apps(native, "passenger") as sockets:
+            call = await place_call(native, "5000")
+            offer = await sockets["passenger"].wait_for("CallBroadcast")
+            assert offer["channel"]["dialplan"]["app_name"] == "StasisBroadcast"
+            assert (await claim(client, offer["channel"]["id"], "passenger"))["status"] == 204
+            await sockets["passenger"].wait_for("StasisStart")
+            await client.http.post(f"channels/{offer['channel']['id']}/continue")
+            assert (await result(native, call))[0] == "SUCCESS"
+    finally:
+        await client.aclose()
+
+
+async def test_direct_form_reports_its_verdict_in_ari_broadcast_status(
+    proxy_target: Target,
+) -> None:
+    async with apps(proxy_target, "direct-app") as sockets:
+        client = sockets["direct-app"]
+        timed_out = await place_call(proxy_target, "300", context="conformance-direct")
+        offer = await client.wait_for("CallBroadcast")
+        assert offer["channel"]["dialplan"]["app_name"] == "StasisBroadcast"
+        assert offer["channel"]["dialplan"]["app_data"] == "300"
+        assert (await result(proxy_target, timed_out))[0] == "TIMEOUT"
+
+        claimed = await place_call(proxy_target, "5000,,x::z", context="conformance-direct")
+        await client.wait_for(lambda e: len(client.of_type("CallBroadcast")) == 2)
+        channel_id = client.of_type("CallBroadcast")[1]["channel"]["id"]
+        assert (await claim(proxy_target.apps_ari, channel_id, "direct-app"))["status"] == 204
+        start = await client.wait_for("StasisStart")
+        assert start["args"] == ["x", "", "z"]
+        assert start["channel"]["dialplan"]["context"] == "conformance-direct"
+        assert start["channel"]["dialplan"]["app_name"] == "StasisBroadcast"
+        await proxy_target.apps_ari.http.post(f"channels/{channel_id}/continue")
+        assert (await result(proxy_target, claimed))[0] == "SUCCESS"
+
+
+async def test_subscribe_all_clients_never_see_the_proxys_internals(proxy_target: Target) -> None:
+    """A subscribeAll client sees every channel's events. The proxy's own variables and
+    application never show; once the proxy holds the call, snapshots read as native's (the
+    subroutine's first dialplan steps can show before the proxy has seen the channel)."""
+    async with (
+        events(proxy_target.app_base, "observer", subscribeAll="true") as observer,
+        apps(proxy_target, "worker") as sockets,
+    ):
+        call = await place_call(proxy_target, "5000,,a:b")
+        offer = await sockets["worker"].wait_for("CallBroadcast")
+        channel_id = offer["channel"]["id"]
+        assert (await claim(proxy_target.apps_ari, channel_id, "worker"))["status"] == 204
+        started = (await sockets["worker"].wait_for("StasisStart"))["_received"]
+        await proxy_target.apps_ari.http.post(f"channels/{channel_id}/answer")
+        await proxy_target.apps_ari.http.post(f"channels/{channel_id}/continue")
+        assert (await result(proxy_target, call))[0] == "SUCCESS"
+        await asyncio.sleep(0.3)
+        assert observer.received, "a subscribeAll client sees the call's events"
+        for event in observer.received:
+            assert not str(event.get("variable", "")).startswith("ARI_BROADCAST_"), event
+            if event.get("application") == "broadcast":
+                pytest.fail(f"the proxy's own application leaked: {event}")
+            channel = event.get("channel") or {}
+            watched = ("ChannelStateChange", "StasisStart", "StasisEnd")
+            mine = channel.get("id") == channel_id and event["_received"] >= started
+            if mine and event["type"] in watched:
+                assert channel["dialplan"]["app_name"] == "StasisBroadcast", event
+
+
+async def test_a_broadcast_logs_native_warnings_with_the_channel_id(
+    proxy_target: Target, proxy: ProxyProcess
+) -> None:
+    async with apps(proxy_target, "listener") as sockets:
+        call = await place_call(proxy_target, "70000,(a+)+(b+)+(c+)+(d+)+")
+        offer = await sockets["listener"].wait_for("CallBroadcast")
+        assert (await result(proxy_target, call))[0] == "TIMEOUT"
+    log = proxy.log()
+    channel_id = offer["channel"]["id"]
+    assert f"channel {channel_id}: invalid timeout value '70000' (must be 0-60000ms)" in log
+    assert f"channel {channel_id}: rejecting app_filter regex as potentially dangerous" in log
