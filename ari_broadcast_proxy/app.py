@@ -15,9 +15,11 @@ from starlette.routing import Route, WebSocketRoute
 from .auth import WriteAccess
 from .broadcast.claims import ClaimService
 from .broadcast.controller import BroadcastController
+from .broadcast.handover import Dialplan
 from .broadcast.presentation import Presenter
 from .broadcast.session_hooks import BroadcastHooks
 from .config import Config
+from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .passthrough import Passthrough
 from .registry import AppRegistry
 from .sessions import SessionManager
@@ -35,12 +37,19 @@ class Proxy:
 
     def __init__(self, config: Config, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
-        self.rest = UpstreamRest(config, transport)
+        self.metrics = Metrics()
+        self.rest = UpstreamRest(config, self.metrics, transport)
         self.registry = AppRegistry()
         self.presenter = Presenter(config.broadcast_app, config.subroutine_context)
-        self.controller = BroadcastController(config, self.rest, self.registry, self.presenter)
+        self.controller = BroadcastController(
+            config,
+            Dialplan(self.rest, config.subroutine_context),
+            self.registry,
+            self.presenter,
+            self.metrics,
+        )
         self.access = WriteAccess(self.rest)
-        self.claims = ClaimService(self.controller, self.access)
+        self.claims = ClaimService(self.controller, self.access, self.metrics)
         self.sessions = SessionManager(
             config.upstream_ws,
             config.upstream_timeout,
@@ -48,6 +57,7 @@ class Proxy:
             self.registry,
             BroadcastHooks(self.controller, self.claims, self.registry),
             config.broadcast_app,
+            on_overflow=self.metrics.slow_consumers.inc,
         )
         self.passthrough = Passthrough(
             self.rest,
@@ -57,6 +67,34 @@ class Proxy:
             self.access,
             f"{config.listen_host}:{config.listen_port}",
         )
+        self._drained = False
+        gauge = self.metrics.gauge
+        gauge(
+            "ari_proxy_connected_applications",
+            "Applications connected through the proxy",
+            lambda: len(self.registry),
+        )
+        gauge("ari_proxy_client_sockets", "Client events sockets open", lambda: len(self.sessions))
+        gauge(
+            "ari_proxy_broadcasts_in_flight",
+            "Calls on offer or being handed over",
+            lambda: len(self.controller.core),
+        )
+        gauge(
+            "ari_proxy_upstream_connected",
+            "1 while the broadcast application is registered",
+            lambda: float(self.controller.ready),
+        )
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Graceful shutdown, in order: calls on offer go back to the dialplan (TIMEOUT),
+        then client sockets are closed with 1001 so applications reconnect."""
+        if self._drained:
+            return
+        self._drained = True
+        await self.controller.stop(timeout)
+        self.sessions.close_all()
+        await self.sessions.wait_closed(3.0)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
@@ -64,11 +102,7 @@ class Proxy:
         try:
             yield
         finally:
-            # Ordered shutdown: calls on offer go back to the dialplan first, then the
-            # client sockets close (1001), then the upstream pool.
-            await self.controller.stop()
-            self.sessions.close_all()
-            await self.sessions.wait_closed(3.0)
+            await self.drain()
             await self.rest.aclose()
             log.info("proxy stopped")
 
@@ -76,7 +110,7 @@ class Proxy:
         return JSONResponse({"status": "alive"})
 
     async def readyz(self, _request: Request) -> Response:
-        ready = self.controller.ready
+        ready = self.controller.ready and not self._drained
         return JSONResponse(
             {
                 "ready": ready,
@@ -87,6 +121,9 @@ class Proxy:
             status_code=200 if ready else 503,
         )
 
+    async def metrics_endpoint(self, _request: Request) -> Response:
+        return Response(self.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
 
 def create_app(config: Config, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
     proxy = Proxy(config, transport)
@@ -94,6 +131,7 @@ def create_app(config: Config, transport: httpx.AsyncBaseTransport | None = None
         routes=[
             Route("/healthz", proxy.healthz),
             Route("/readyz", proxy.readyz),
+            Route("/metrics", proxy.metrics_endpoint),
             WebSocketRoute("/ari/events", proxy.sessions.endpoint),
             Route("/ari/{path:path}", proxy.passthrough.handle, methods=ALL_METHODS),
         ],

@@ -41,6 +41,11 @@ HOP_BY_HOP = frozenset(
     }
 )
 MAX_BODY = 1024 * 1024  # ARI request bodies are small JSON/form documents
+# Asterisk answers a JSON or form body over 40960 bytes with 413 before reading it and closes
+# the connection, which races with the proxy still writing that body (a 502 about half the
+# time): the proxy gives Asterisk's answer itself instead of forwarding such a body.
+ASTERISK_MAX_PARSED_BODY = 40960
+_PARSED_BODY_TYPES = frozenset({"application/json", "application/x-www-form-urlencoded"})
 BUFFER_LIMIT = 256 * 1024  # larger answers (recordings, sounds) are streamed
 # Operations Asterisk refuses with 409 "Channel not in Stasis application" (find_control()).
 STASIS_CONTROL = frozenset(
@@ -135,13 +140,15 @@ class Passthrough:
     # -- plain forwarding ---------------------------------------------------------------------
 
     async def _body(self, request: Request) -> bytes:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        limit = ASTERISK_MAX_PARSED_BODY if content_type in _PARSED_BODY_TYPES else MAX_BODY
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+        if length is not None and (not length.isdigit() or int(length) > limit):
             raise ProxyError("Request body too large", 413)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > MAX_BODY:
+            if size > limit:
                 raise ProxyError("Request body too large", 413)
             chunks.append(chunk)
         return b"".join(chunks)

@@ -7,7 +7,7 @@ import socket
 
 import uvicorn
 
-from .app import create_app
+from .app import Proxy, create_app
 from .config import Config
 from .errors import ConfigError
 from .logs import configure_logging
@@ -32,12 +32,29 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class ProxyServer(uvicorn.Server):
+    """uvicorn's server with the proxy's shutdown order: stop accepting connections, return
+    calls on offer to the dialplan, close client sockets with 1001 (uvicorn's own would be
+    1012), then let uvicorn finish HTTP requests and run the lifespan shutdown."""
+
+    def __init__(self, config: uvicorn.Config, proxy: Proxy) -> None:
+        super().__init__(config)
+        self._proxy = proxy
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        await self._proxy.drain()
+        await super().shutdown(sockets)
+
+
 def run(config: Config) -> None:
     configure_logging(config.log_level, config.log_json)
     sock = bind(config.listen_host, config.listen_port)
-    server = uvicorn.Server(
+    app = create_app(config)
+    server = ProxyServer(
         uvicorn.Config(
-            create_app(config),
+            app,
             log_config=None,
             lifespan="on",
             ws="websockets-sansio",
@@ -48,7 +65,8 @@ def run(config: Config) -> None:
             date_header=False,
             timeout_graceful_shutdown=10,
             access_log=False,
-        )
+        ),
+        app.state.proxy,
     )
     log.info(
         "ari-broadcast-proxy listening on http://%s:%d/ari, upstream %s, broadcast application %r",

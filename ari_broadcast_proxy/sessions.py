@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import parse_qsl
 
@@ -63,8 +64,10 @@ class EventSession:
         apps: list[str],
         queue_size: int,
         interceptor: Interceptor,
+        on_overflow: Callable[[], None] = lambda: None,
     ) -> None:
         self.websocket = websocket
+        self._on_overflow = on_overflow
         self.upstream = upstream
         self.apps = apps
         self.query = dict(parse_qsl(websocket.url.query, keep_blank_values=True))
@@ -95,6 +98,7 @@ class EventSession:
                 ",".join(self.apps),
                 self._queue.qsize(),
             )
+            self._on_overflow()
             self.close(CLOSE_SLOW_CONSUMER, "slow consumer: event queue full")
 
     def close(self, code: int, reason: str) -> None:
@@ -178,7 +182,9 @@ class SessionManager:
         registry: AppRegistry,
         interceptor: Interceptor,
         reserved_app: str,
+        on_overflow: Callable[[], None] = lambda: None,
     ) -> None:
+        self._on_overflow = on_overflow
         self._upstream_ws = upstream_ws
         self._timeout = timeout
         self._queue_size = queue_size
@@ -236,7 +242,9 @@ class SessionManager:
             log.error("events socket for %s failed: %s", ",".join(apps), exc.message)
             await websocket.send_denial_response(exc.response())
             return
-        session = EventSession(websocket, upstream, apps, self._queue_size, self._interceptor)
+        session = EventSession(
+            websocket, upstream, apps, self._queue_size, self._interceptor, self._on_overflow
+        )
         try:
             await websocket.accept(subprotocol=upstream.subprotocol)
         except Exception:

@@ -17,6 +17,7 @@ import orjson
 from ..auth import AccessDenied, Credentials, WriteAccess
 from ..claims import CLAIM_CONFLICT, CLAIM_NOT_FOUND, CLAIM_NOT_OFFERED, claim_params
 from ..errors import BadRequest
+from ..metrics import Metrics
 from .controller import BroadcastController
 from .core import ClaimOutcome
 
@@ -37,9 +38,12 @@ class ClaimAnswer:
 
 
 class ClaimService:
-    def __init__(self, controller: BroadcastController, access: WriteAccess) -> None:
+    def __init__(
+        self, controller: BroadcastController, access: WriteAccess, metrics: Metrics
+    ) -> None:
         self._controller = controller
         self._access = access
+        self._metrics = metrics
 
     async def answer(
         self,
@@ -48,6 +52,16 @@ class ClaimService:
         json_body: Any | None,
     ) -> ClaimAnswer | None:
         """The proxy's answer, or None when Asterisk must answer (not our broadcast)."""
+        answer = await self._answer(credentials, params, json_body)
+        self._metrics.claims.labels("forwarded" if answer is None else str(answer.status)).inc()
+        return answer
+
+    async def _answer(
+        self,
+        credentials: Credentials,
+        params: Iterable[tuple[str, str]],
+        json_body: Any | None,
+    ) -> ClaimAnswer | None:
         try:
             await self._access.require(credentials)
         except AccessDenied as denied:

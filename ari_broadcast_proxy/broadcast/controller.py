@@ -1,9 +1,9 @@
 """The broadcast feature's I/O shell around the pure core.
 
-It owns the proxy's own upstream events socket for the broadcast application, turns each
-StasisStart there into an offer, carries out the core's commands (CallBroadcast fan-out,
-timers, the hand-over to the winner, the return to the dialplan), answers claims, and hooks
-into every downstream session to present broadcast channels as native does.
+It owns the proxy's own events socket for the broadcast application, turns each StasisStart
+there into an offer, carries out the core's commands (CallBroadcast fan-out, timers, the
+hand-over to the winner, the return to the dialplan) and answers claims. Downstream sessions
+call `observe_upstream_frame` so broadcast channels read as native's.
 """
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import base64
 import contextlib
 import logging
 import random
-import re
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +22,8 @@ import orjson
 
 from ..config import Config
 from ..errors import ProxyError
+from ..metrics import Metrics
 from ..registry import AppRegistry
-from ..upstream.rest import UpstreamRest
 from ..upstream.websocket import HandshakeRefused, open_events_socket
 from .app_filter import AppFilter
 from .core import (
@@ -41,6 +41,8 @@ from .core import (
     Verdict,
 )
 from .dialplan import BroadcastOptions, parse_broadcast_data
+from .events import call_broadcast, call_claimed, fan_out
+from .handover import Dialplan, HandOverResult, backoff
 from .presentation import (
     Invocation,
     InvocationError,
@@ -49,7 +51,7 @@ from .presentation import (
     parse_invocation,
 )
 
-__all__ = ["BroadcastController", "Offer", "backoff"]
+__all__ = ["BroadcastController", "Offer"]
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +59,9 @@ HANDOVER_WATCHDOG = 5.0  # seconds for the winner's StasisStart to show up after
 SWEEP_INTERVAL = 30.0  # how often claimed broadcasts are checked against live channels
 
 
-def backoff(initial: float = 0.2, factor: float = 2.0, cap: float = 10.0) -> Iterator[float]:
-    """Reconnection delays: 0.2, 0.4, 0.8 ... capped, with jitter."""
-    delay = initial
-    while True:
-        yield delay * random.uniform(0.8, 1.2)
-        delay = min(delay * factor, cap)
+def _log(level: int, channel_id: str, message: str, *args: object) -> None:
+    """Every broadcast log line names its channel (and carries it as a field in JSON logs)."""
+    log.log(level, "channel %s: " + message, channel_id, *args, extra={"channel_id": channel_id})
 
 
 @dataclass
@@ -77,41 +76,27 @@ class Offer:
     timestamp: str
 
 
-_STASIS_SPECIALS = re.compile(r'([,"\\()\[\]])')
-
-
-def stasis_data(winner: str, args: tuple[str, ...]) -> str:
-    """Stasis() application data that gives the winner exactly `args`.
-
-    Every character Asterisk's argument splitter treats specially is backslash-escaped
-    (quoting would not do: brackets count even inside quotes, and a trailing `""` makes
-    Asterisk add one more empty argument).
-    """
-    return ",".join([winner, *(_STASIS_SPECIALS.sub(r"\\\1", a) for a in args)])
-
-
 class BroadcastController:
     def __init__(
         self,
         config: Config,
-        rest: UpstreamRest,
+        dialplan: Dialplan,
         registry: AppRegistry,
         presenter: Presenter,
+        metrics: Metrics,
         *,
         rng: random.Random | None = None,
-        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         self._config = config
-        self._rest = rest
+        self._dialplan = dialplan
         self._registry = registry
         self.presenter = presenter
+        self._metrics = metrics
         self.core: BroadcastCore[Offer] = BroadcastCore(rng)
-        self._wall_clock = wall_clock
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
-        self._claimed = 0  # broadcasts in State.CLAIMED, to skip frame inspection when zero
         self.asterisk_id: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -120,36 +105,37 @@ class BroadcastController:
     def ready(self) -> bool:
         return self._ready.is_set()
 
-    async def wait_ready(self, timeout: float) -> bool:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), timeout)
-        return self.ready
-
     def start(self) -> None:
         self._runner = asyncio.create_task(self._run_upstream(), name="broadcast-app")
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """Send every channel still on offer back to the dialplan, then stop."""
-        commands = self.core.drain()
-        self._execute(commands)
-        if self._tasks:
-            await asyncio.wait(set(self._tasks), timeout=timeout)
+        """Ordered: stop taking calls, send every call still on offer back to the dialplan
+        (TIMEOUT), wait (bounded) for hand-overs and returns in flight, cancel the rest."""
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
+            self._runner = None
+        drained = self.core.drain()
+        if drained:
+            log.info(
+                "shutting down: returning %d call(s) on offer to the dialplan", len(drained) // 2
+            )
+        self._execute(drained)
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=timeout)
         for task in list(self._tasks):
             task.cancel()
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
 
-    def _spawn(self, coro: Any, name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("task %s failed", task.get_name(), exc_info=task.exception())
@@ -157,86 +143,88 @@ class BroadcastController:
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    def _wall(self) -> str:
-        return asterisk_timestamp(self._wall_clock() if self._wall_clock else None)
-
     # -- the broadcast application's own socket -----------------------------------------------
 
     async def _run_upstream(self) -> None:
         url = f"{self._config.upstream_ws}/events?app={self._config.broadcast_app}"
         token = base64.b64encode(f"{self._config.username}:{self._config.password}".encode())
         headers = {"authorization": "Basic " + token.decode()}
-        for delay in backoff():
+        delays = backoff()
+        while True:
             try:
                 socket = await open_events_socket(
                     url, headers, timeout=self._config.upstream_timeout
                 )
             except HandshakeRefused as refused:
                 log.error(
-                    "Asterisk refused the broadcast application socket with %d %s; retrying",
+                    "Asterisk refused the broadcast application socket: %d %s; retrying",
                     refused.status,
                     refused.body[:200].decode(errors="replace"),
                 )
             except ProxyError as exc:
                 log.warning("broadcast application not connected: %s; retrying", exc.message)
             else:
-                async with socket:
-                    log.info(
-                        "broadcast application %r registered on Asterisk",
-                        self._config.broadcast_app,
-                    )
-                    self._ready.set()
-                    self._spawn(self._recover(), "recover")
-                    sweeper = asyncio.create_task(self._sweep(), name="sweep")
-                    try:
-                        async for text in socket:
-                            if isinstance(text, str):
-                                self._on_broadcast_event(text)
-                    except Exception as exc:  # connection lost mid-frame
-                        log.warning("broadcast application socket failed: %r", exc)
-                    finally:
-                        sweeper.cancel()
-                        self._ready.clear()
-                log.warning(
-                    "broadcast application socket closed (%s); reconnecting", socket.close_code
-                )
-            await asyncio.sleep(delay)
+                delays = backoff()
+                await self._serve(socket)
+            await asyncio.sleep(next(delays))
+
+    async def _serve(self, socket: Any) -> None:
+        async with socket:
+            log.info("broadcast application %r registered on Asterisk", self._config.broadcast_app)
+            self._ready.set()
+            self._spawn(self._recover(), "recover")
+            sweeper = asyncio.create_task(self._sweep(), name="sweep")
+            try:
+                async for text in socket:
+                    if isinstance(text, str):
+                        self._on_broadcast_event(text)
+            except Exception as exc:  # the connection broke mid-stream
+                log.warning("broadcast application socket failed: %r", exc)
+            finally:
+                sweeper.cancel()
+                self._ready.clear()
+        log.warning("broadcast application socket closed (%s); reconnecting", socket.close_code)
 
     def _on_broadcast_event(self, text: str) -> None:
         event = orjson.loads(text)
         kind = event.get("type")
-        if kind == "StasisStart":
-            self.asterisk_id = event.get("asterisk_id", self.asterisk_id)
-            self._on_stasis_start(event)
-        elif kind == "StasisEnd":
-            channel_id = event["channel"]["id"]
-            broadcast = self.core.get(channel_id)
-            commands = self.core.channel_left(channel_id)
-            if broadcast is not None and broadcast.state is State.OFFERED:
-                log.info("channel %s left the broadcast (hangup) before any claim", channel_id)
-                self.presenter.forget(channel_id)
-            self._execute(commands)
+        channel_id = (event.get("channel") or {}).get("id", "")
+        try:
+            if kind == "StasisStart":
+                self.asterisk_id = event.get("asterisk_id", self.asterisk_id)
+                self._on_stasis_start(event)
+            elif kind == "StasisEnd":
+                self._on_stasis_end(channel_id)
+        except Exception:
+            # A bug must cost one call at most, never the broadcast application's socket.
+            log.exception("channel %s: %s could not be handled", channel_id, kind)
+            if kind == "StasisStart" and self.core.get(channel_id) is None:
+                self._spawn(
+                    self._resume_unknown(channel_id, Verdict.FAILED), f"resume-{channel_id}"
+                )
 
     def _on_stasis_start(self, event: dict[str, Any]) -> None:
+        started = time.perf_counter()
         channel = event["channel"]
         channel_id = channel["id"]
+        self._metrics.broadcasts.inc()
         try:
             invocation = parse_invocation(event, self._config.subroutine_context)
         except (InvocationError, KeyError, ValueError) as exc:
-            log.error(
-                "channel %s entered %s unexpectedly: %s",
+            self._metrics.outcomes.labels("rejected").inc()
+            _log(
+                logging.ERROR,
                 channel_id,
+                "entered %s unexpectedly: %s",
                 self._config.broadcast_app,
                 exc,
             )
             self._spawn(self._resume_unknown(channel_id, Verdict.FAILED), f"resume-{channel_id}")
             return
         options = parse_broadcast_data(invocation.raw_data)
-        for warning in options.warnings:
-            log.warning("channel %s: %s", channel_id, warning)
         app_filter, filter_warnings = AppFilter.compile(options.app_filter)
-        for warning in filter_warnings:
-            log.warning("channel %s: %s", channel_id, warning)
+        for warning in (*options.warnings, *filter_warnings):
+            _log(logging.WARNING, channel_id, "%s", warning)
         recipients = [app for app in self._registry.apps() if app_filter.matches(app)]
         self.presenter.remember(channel_id, invocation)
         offer = Offer(
@@ -245,21 +233,29 @@ class BroadcastController:
             app_filter=app_filter,
             channel=self.presenter.channel(channel),
             asterisk_id=event.get("asterisk_id"),
-            timestamp=event.get("timestamp") or self._wall(),
+            timestamp=event.get("timestamp") or asterisk_timestamp(),
         )
-        previous = self.core.get(channel_id)
-        if previous is not None and previous.state is State.CLAIMED:
-            self._claimed -= 1
         commands = self.core.offer(
             channel_id, offer, recipients, options.timeout_ms, options.notify_claimed, self._now()
         )
-        log.info(
-            "channel %s offered to %d application(s), timeout %d ms",
+        self._execute(commands)
+        self._metrics.fanout.observe(time.perf_counter() - started)
+        _log(
+            logging.INFO,
             channel_id,
+            "offered to %d application(s), timeout %d ms",
             len(recipients),
             options.timeout_ms,
         )
-        self._execute(commands)
+
+    def _on_stasis_end(self, channel_id: str) -> None:
+        broadcast = self.core.get(channel_id)
+        if broadcast is None or broadcast.state is not State.OFFERED:
+            return  # after a claim, leaving the broadcast application is the hand-over
+        _log(logging.INFO, channel_id, "hung up during the broadcast")
+        self._metrics.outcomes.labels("hangup").inc()
+        self.presenter.forget(channel_id)
+        self._execute(self.core.channel_left(channel_id))
 
     # -- claims -------------------------------------------------------------------------------
 
@@ -269,9 +265,9 @@ class BroadcastController:
         if broadcast is None:
             return None
         outcome, commands = self.core.claim(channel_id, app, self._now())
-        log.info("channel %s: claim by %r -> %d", channel_id, app, outcome.value)
+        _log(logging.INFO, channel_id, "claim by %r -> %d", app, outcome.value)
         if outcome is ClaimOutcome.WON:
-            self._claimed += 1
+            self._metrics.time_to_claim.observe(self._now() - broadcast.offered_at)
         self._execute(commands)
         return outcome
 
@@ -285,10 +281,13 @@ class BroadcastController:
     def _execute(self, commands: list[Command]) -> None:
         for command in commands:
             if isinstance(command, SendCallBroadcast):
-                self._send_call_broadcast(command.broadcast, command.apps)
+                offer = command.broadcast.context
+                event = call_broadcast(
+                    offer.channel, offer.invocation.exten, offer.timestamp, offer.asterisk_id
+                )
+                fan_out(event, command.apps, self._registry)
             elif isinstance(command, ArmTimer):
-                loop = asyncio.get_running_loop()
-                self._timers[command.channel_id] = loop.call_at(
+                self._timers[command.channel_id] = asyncio.get_running_loop().call_at(
                     command.deadline, self._expire, command.channel_id
                 )
             elif isinstance(command, CancelTimer):
@@ -301,199 +300,91 @@ class BroadcastController:
                     f"handover-{command.broadcast.channel_id}",
                 )
             elif isinstance(command, SendCallClaimed):
-                self._send_call_claimed(command.broadcast, command.winner)
+                offer = command.broadcast.context
+                event = call_claimed(
+                    offer.channel, command.winner, asterisk_timestamp(), offer.asterisk_id
+                )
+                recipients = [a for a in self._registry.apps() if offer.app_filter.matches(a)]
+                fan_out(event, recipients, self._registry)
             elif isinstance(command, ResumeDialplan):
-                self.presenter.forget(command.broadcast.channel_id)
+                channel_id = command.broadcast.channel_id
+                self.presenter.forget(channel_id)
                 self._spawn(
-                    self._resume(
-                        command.broadcast.channel_id,
-                        command.broadcast.context.invocation,
-                        command.verdict,
+                    self._dialplan.resume(
+                        channel_id, command.broadcast.context.invocation, command.verdict
                     ),
-                    f"resume-{command.broadcast.channel_id}",
+                    f"resume-{channel_id}",
                 )
 
     def _expire(self, channel_id: str) -> None:
         self._timers.pop(channel_id, None)
         commands = self.core.expire(channel_id, self._now())
         if commands:
-            log.warning("Channel %s: not claimed within timeout", channel_id)
+            self._metrics.outcomes.labels("timeout").inc()
+            _log(logging.WARNING, channel_id, "not claimed within timeout")
         self._execute(commands)
-
-    def _fan_out(self, event: dict[str, Any], apps: list[str] | tuple[str, ...]) -> None:
-        """Serialize once, stamp `application` per recipient, queue on each app's socket."""
-        prefix = orjson.dumps(event)[:-1].decode() + ',"application":'
-        for app in apps:
-            sink = self._registry.sink_for(app)
-            if sink is not None:
-                sink.send_event(prefix + orjson.dumps(app).decode() + "}")
-
-    def _send_call_broadcast(self, broadcast: Broadcast[Offer], apps: tuple[str, ...]) -> None:
-        offer = broadcast.context
-        channel = offer.channel
-        event = {
-            "type": "CallBroadcast",
-            "timestamp": offer.timestamp,
-            "channel": channel,
-            "caller": channel.get("caller", {}).get("number", ""),
-            "called": offer.invocation.exten,
-            "asterisk_id": offer.asterisk_id,
-        }
-        if offer.asterisk_id is None:
-            del event["asterisk_id"]
-        self._fan_out(event, apps)
-
-    def _send_call_claimed(self, broadcast: Broadcast[Offer], winner: str) -> None:
-        offer = broadcast.context
-        recipients = [app for app in self._registry.apps() if offer.app_filter.matches(app)]
-        event = {
-            "type": "CallClaimed",
-            "timestamp": self._wall(),
-            "channel": offer.channel,
-            "winner_app": winner,
-            "asterisk_id": offer.asterisk_id,
-        }
-        if offer.asterisk_id is None:
-            del event["asterisk_id"]
-        self._fan_out(event, recipients)
-
-    # -- talking to Asterisk ------------------------------------------------------------------
-
-    async def _channel_call(
-        self, method: str, channel_id: str, action: str, params: dict[str, Any]
-    ) -> int:
-        response = await self._rest.call(method, f"channels/{channel_id}/{action}", params)
-        if response.status_code >= 300 and response.status_code != 404:
-            log.error(
-                "channel %s: %s %s -> %d %s",
-                channel_id,
-                method,
-                action,
-                response.status_code,
-                response.text[:200],
-            )
-        return response.status_code
 
     async def _hand_over(self, broadcast: Broadcast[Offer], winner: str) -> None:
         channel_id = broadcast.channel_id
-        offer = broadcast.context
-        invocation = offer.invocation
-        gone = False
-        try:
-            if self._registry.sink_for(winner) is None:
-                raise LookupError(f"winner {winner!r} is no longer connected")
-            variables = {"ARI_BROADCAST_WINNER": stasis_data(winner, offer.options.args)}
-            if invocation.form == "direct":
-                variables["ARI_BROADCAST_RETURN"] = (
-                    f"{invocation.context},{invocation.exten},{invocation.priority + 1}"
+        claimed_at = time.perf_counter()
+        if self._registry.sink_for(winner) is None:
+            result, why = HandOverResult.FAILED, f"{winner!r} is no longer connected"
+        else:
+            try:
+                result = await self._dialplan.hand_over(
+                    channel_id, broadcast.context.invocation, winner, broadcast.context.options.args
                 )
-            statuses = await asyncio.gather(
-                *(
-                    self._channel_call("POST", channel_id, "variable", {"variable": k, "value": v})
-                    for k, v in variables.items()
-                )
-            )
-            if 404 in statuses:
-                gone = True
-                raise LookupError("channel is gone")
-            if any(s >= 300 for s in statuses):
-                raise RuntimeError(f"setting variables failed: {statuses}")
-            target = (
-                {"context": self._config.subroutine_context, "extension": "s", "label": "claimed"}
-                if invocation.form == "subroutine"
-                else {
-                    "context": self._config.subroutine_context,
-                    "extension": "direct",
-                    "priority": 1,
-                }
-            )
-            status = await self._channel_call("POST", channel_id, "continue", target)
-            if status == 404:
-                gone = True
-                raise LookupError("channel is gone")
-            if status >= 300:
-                raise RuntimeError(f"continue failed with {status}")
-        except (LookupError, RuntimeError, ProxyError) as exc:
-            log.warning("channel %s: hand-over to %r failed: %s", channel_id, winner, exc)
-            if self.core.get(channel_id) is broadcast and broadcast.state is State.CLAIMED:
-                self._claimed -= 1
-                self.presenter.forget(channel_id)
-                self._execute(self.core.handover_failed(channel_id, channel_gone=gone))
+                why = result.value
+            except ProxyError as exc:
+                result, why = HandOverResult.FAILED, exc.message
+        if self.core.get(channel_id) is not broadcast:
+            return  # the channel re-entered the broadcast meanwhile
+        if result is not HandOverResult.DONE:
+            _log(logging.WARNING, channel_id, "hand-over to %r failed: %s", winner, why)
+            self._metrics.outcomes.labels("failed").inc()
+            self.presenter.forget(channel_id)
+            gone = result is HandOverResult.CHANNEL_GONE
+            self._execute(self.core.handover_failed(channel_id, channel_gone=gone))
             return
-        log.info("channel %s handed over to %r", channel_id, winner)
+        self._metrics.handover.observe(time.perf_counter() - claimed_at)
+        self._metrics.outcomes.labels("claimed").inc()
+        _log(logging.INFO, channel_id, "handed over to %r", winner)
         await asyncio.sleep(HANDOVER_WATCHDOG)
         if self.core.get(channel_id) is broadcast and not broadcast.session_started:
-            log.warning(
-                "channel %s: %r never received the channel (winner gone?)", channel_id, winner
-            )
+            _log(logging.WARNING, channel_id, "%r never received the channel (gone?)", winner)
             self._end_session(channel_id)
-
-    async def _resume(self, channel_id: str, invocation: Invocation, verdict: Verdict) -> None:
-        """Back to the dialplan with a verdict; retried so no channel is left stranded."""
-        for attempt, delay in enumerate(backoff(0.1, 2.0, 2.0)):
-            try:
-                if invocation.form == "subroutine":
-                    target = {
-                        "context": self._config.subroutine_context,
-                        "extension": "s",
-                        "label": verdict.value.lower(),
-                    }
-                    status = await self._channel_call("POST", channel_id, "continue", target)
-                else:
-                    status = await self._channel_call(
-                        "POST",
-                        channel_id,
-                        "variable",
-                        {"variable": "ARI_BROADCAST_STATUS", "value": verdict.value},
-                    )
-                    if status < 300:
-                        status = await self._channel_call("POST", channel_id, "continue", {})
-                if status < 300 or status == 404:
-                    return
-            except ProxyError as exc:
-                log.warning(
-                    "channel %s: returning to the dialplan failed: %s", channel_id, exc.message
-                )
-            if attempt >= 5:
-                log.error("channel %s: giving up returning it to the dialplan", channel_id)
-                return
-            await asyncio.sleep(delay)
 
     async def _resume_unknown(self, channel_id: str, verdict: Verdict) -> None:
         """Send back a channel whose invocation we do not know (read it from Asterisk)."""
-        response = await self._rest.call("GET", f"channels/{channel_id}")
-        if response.status_code != 200:
-            return
-        dialplan = response.json()["dialplan"]
-        form = "subroutine" if dialplan["context"] == self._config.subroutine_context else "direct"
-        invocation = Invocation(
-            form, "", dialplan["context"], dialplan["exten"], dialplan["priority"]
-        )
-        await self._resume(channel_id, invocation, verdict)
+        invocation = await self._dialplan.invocation_of(channel_id)
+        if invocation is not None:
+            await self._dialplan.resume(channel_id, invocation, verdict)
 
     async def _recover(self) -> None:
         """After (re)connecting: channels already in the broadcast application that we do not
-        know (the proxy restarted, or the socket dropped) go back to the dialplan (TIMEOUT)."""
+        know (the proxy restarted, or its socket dropped) go back to the dialplan (TIMEOUT)."""
         try:
-            response = await self._rest.call("GET", f"applications/{self._config.broadcast_app}")
+            channel_ids = await self._dialplan.channels_in(self._config.broadcast_app)
         except ProxyError as exc:
             log.warning(
                 "could not list channels left in the broadcast application: %s", exc.message
             )
             return
-        if response.status_code != 200:
-            return
-        for channel_id in response.json().get("channel_ids", []):
+        for channel_id in channel_ids:
             if self.core.get(channel_id) is None:
-                log.warning(
-                    "channel %s was left in the broadcast application; sending it back", channel_id
+                _log(
+                    logging.WARNING,
+                    channel_id,
+                    "was left in the broadcast application; sending it back (TIMEOUT)",
                 )
+                self._metrics.outcomes.labels("timeout").inc()
                 self._spawn(
                     self._resume_unknown(channel_id, Verdict.TIMEOUT), f"recover-{channel_id}"
                 )
 
     async def _sweep(self) -> None:
-        """Forget claimed broadcasts whose channel no longer exists (winner's socket was gone)."""
+        """Forget claimed broadcasts whose channel no longer exists (the winner's socket was
+        gone, so its StasisEnd was never seen)."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             for channel_id in self.core.channel_ids():
@@ -501,13 +392,11 @@ class BroadcastController:
                 if broadcast is None or broadcast.state is not State.CLAIMED:
                     continue
                 with contextlib.suppress(ProxyError):
-                    response = await self._rest.call("GET", f"channels/{channel_id}")
-                    if response.status_code == 404:
+                    if not await self._dialplan.exists(channel_id):
                         self._end_session(channel_id)
 
     def _end_session(self, channel_id: str) -> None:
         if self.core.session_ended(channel_id) is not None:
-            self._claimed -= 1
             self.presenter.forget(channel_id)
 
     # -- hooks into downstream sessions -------------------------------------------------------
@@ -515,7 +404,7 @@ class BroadcastController:
     def observe_upstream_frame(self, text: str) -> str | None:
         """Present a frame from Asterisk as native would; track the winner's session."""
         ended = None
-        if self._claimed and ('"StasisStart"' in text or '"StasisEnd"' in text):
+        if self.core.claimed_count and ('"StasisStart"' in text or '"StasisEnd"' in text):
             ended = self._track_session(text)
         out = self.presenter.frame(text)
         if ended is not None:

@@ -138,6 +138,7 @@ class BroadcastCore(Generic[C]):
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
         self._broadcasts: dict[str, Broadcast[C]] = {}
+        self._claimed = 0
 
     def __len__(self) -> int:
         return len(self._broadcasts)
@@ -147,6 +148,11 @@ class BroadcastCore(Generic[C]):
 
     def channel_ids(self) -> list[str]:
         return list(self._broadcasts)
+
+    @property
+    def claimed_count(self) -> int:
+        """Broadcasts won and not yet over (the shell watches their sessions)."""
+        return self._claimed
 
     # -- inputs -------------------------------------------------------------------------------
 
@@ -167,6 +173,8 @@ class BroadcastCore(Generic[C]):
         previous = self._broadcasts.get(channel_id)
         if previous is not None and previous.state is State.OFFERED:
             raise IllegalTransition(f"channel {channel_id} is already on offer")
+        if previous is not None:
+            self._claimed -= 1
         apps = sorted(set(recipients))
         self._rng.shuffle(apps)
         broadcast: Broadcast[C] = Broadcast(
@@ -194,6 +202,7 @@ class BroadcastCore(Generic[C]):
         if app not in broadcast.recipients:
             return ClaimOutcome.NOT_OFFERED, []
         broadcast.state = State.CLAIMED
+        self._claimed += 1
         broadcast.winner = app
         broadcast.claimed_at = now
         commands: list[Command] = [CancelTimer(channel_id), HandOver(broadcast, app)]
@@ -228,6 +237,7 @@ class BroadcastCore(Generic[C]):
         """The winner could not get the channel: FAILED, as native's stasis_app_exec failure."""
         broadcast = self._require(channel_id, State.CLAIMED)
         del self._broadcasts[channel_id]
+        self._claimed -= 1
         if channel_gone:
             return []
         return [ResumeDialplan(broadcast, Verdict.FAILED)]
@@ -244,6 +254,7 @@ class BroadcastCore(Generic[C]):
         if broadcast is None or broadcast.state is not State.CLAIMED:
             return None
         del self._broadcasts[channel_id]
+        self._claimed -= 1
         return broadcast
 
     def drain(self) -> list[Command]:

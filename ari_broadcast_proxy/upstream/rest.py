@@ -14,6 +14,7 @@ import httpx
 
 from ..config import Config
 from ..errors import UpstreamError, UpstreamTimeout
+from ..metrics import Metrics
 
 __all__ = ["UpstreamRest"]
 
@@ -21,7 +22,13 @@ log = logging.getLogger(__name__)
 
 
 class UpstreamRest:
-    def __init__(self, config: Config, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        metrics: Metrics,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._metrics = metrics
         n = config.upstream_connections
         self._client = httpx.AsyncClient(
             base_url=config.upstream_ari + "/",
@@ -48,10 +55,12 @@ class UpstreamRest:
         try:
             return await self._client.send(request, stream=stream)
         except httpx.TimeoutException as exc:
+            self._metrics.upstream_errors.labels("timeout").inc()
             raise UpstreamTimeout(
                 f"Asterisk did not answer in time ({type(exc).__name__})"
             ) from exc
         except httpx.HTTPError as exc:
+            self._metrics.upstream_errors.labels("unreachable").inc()
             raise UpstreamError(f"Asterisk is unreachable ({type(exc).__name__}: {exc})") from exc
 
     async def call(
