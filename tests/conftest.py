@@ -30,7 +30,7 @@ def asterisk() -> Iterator[Asterisk]:
 class ProxyProcess:
     """`ari-broadcast-proxy` started with its real CLI against the session's Asterisk."""
 
-    def __init__(self, asterisk: Asterisk, log_path: Path, *extra: str) -> None:
+    def __init__(self, asterisk: Asterisk, log_path: Path, *extra: str, wait: bool = True) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -54,7 +54,8 @@ class ProxyProcess:
             stderr=subprocess.STDOUT,
             cwd=ROOT,
         )
-        self.wait_ready()
+        if wait:  # False for an upstream that is down: /readyz stays 503 then
+            self.wait_ready()
 
     def wait_ready(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
@@ -70,7 +71,8 @@ class ProxyProcess:
         raise RuntimeError(f"proxy not ready after {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:

@@ -1,0 +1,292 @@
+"""What production does to a proxy in the call path: Asterisk restarting, the proxy being
+killed or stopped, applications vanishing, clients that stop reading. Every call that
+enters the proxy must leave it in a defined state."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from ..ari import SANDBOX, Ari, Asterisk, events, start_asterisk, stop_asterisk, token
+from ..conftest import ProxyProcess
+
+FAULT_APP = "faultcast"  # a broadcast application of its own, beside the session's proxy
+
+
+def fault_proxy(asterisk: Asterisk, tmp_path: Path, *extra: str, wait: bool = True) -> ProxyProcess:
+    return ProxyProcess(
+        asterisk, tmp_path / f"proxy-{token()}.log", "--broadcast-app", FAULT_APP, *extra, wait=wait
+    )
+
+
+async def broadcast_call(ari: Ari, data: str) -> str:
+    """A call into the drop-in subroutine, using FAULT_APP; returns its result token."""
+    tag = token()
+    await ari.originate(
+        "Local/s@conformance-proxy",
+        variables={"__BCAST_DATA": data, "__BCAST_TOKEN": tag, "__ARI_BROADCAST_APP": FAULT_APP},
+    )
+    return tag
+
+
+async def readyz(base: str) -> int:
+    async with httpx.AsyncClient() as client:
+        try:
+            return (await client.get(base + "/readyz", timeout=2)).status_code
+        except httpx.HTTPError:
+            return 0
+
+
+async def wait_until(probe: Callable[[], Awaitable[int]], expected: int, timeout: float) -> None:
+    """Poll a status (readiness has no event to wait for) until it is `expected`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last == expected:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"status stayed {last}, expected {expected} within {timeout}s")
+
+
+@pytest.fixture
+async def no_native(ari: Ari) -> AsyncIterator[None]:
+    await ari.set_native_modules(False)
+    try:
+        yield
+    finally:
+        await ari.set_native_modules(True)
+
+
+# -- Asterisk restarting ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def private_asterisk() -> Iterator[Asterisk]:
+    instance = start_asterisk(f"faults-{token()}")
+    try:
+        yield instance
+    finally:
+        stop_asterisk(instance)
+
+
+def restart(instance: Asterisk, down_for: float) -> None:
+    stop_asterisk(instance)
+    time.sleep(down_for)
+    subprocess.run(
+        [
+            str(SANDBOX),
+            "up",
+            "--name",
+            instance.name,
+            "--port",
+            str(instance.port),
+            "--overlay",
+            str(Path(__file__).parent.parent / "asterisk-conf"),
+        ],
+        check=True,
+        timeout=120,
+    )
+
+
+async def test_upstream_restart_closes_clients_then_recovers(
+    private_asterisk: Asterisk, tmp_path: Path
+) -> None:
+    proxy = fault_proxy(private_asterisk, tmp_path)
+    try:
+        async with events(proxy.base, "survivor") as client:
+            await asyncio.to_thread(stop_asterisk, private_asterisk)
+            async with asyncio.timeout(5):
+                await client.socket.wait_closed()
+            assert client.socket.close_code in (1001, 1011)
+            await wait_until(lambda: readyz(proxy.base), 503, 10)
+            async with httpx.AsyncClient(auth=("asterisk", "asterisk")) as http:
+                down = await http.get(proxy.base + "/ari/asterisk/info")
+            assert down.status_code == 502
+            assert "message" in down.json()
+        await asyncio.to_thread(restart, private_asterisk, 0)
+        await wait_until(lambda: readyz(proxy.base), 200, 20)
+        # And broadcasting works again, end to end.
+        ari = Ari(private_asterisk.base)
+        try:
+            await ari.set_native_modules(False)
+            async with events(proxy.base, "survivor") as client:
+                await asyncio.sleep(0.1)
+                tag = await broadcast_call(ari, "5000")
+                offer = await client.wait_for("CallBroadcast")
+                async with httpx.AsyncClient(auth=("asterisk", "asterisk")) as http:
+                    won = await http.post(
+                        proxy.base + "/ari/events/claim",
+                        params={"channelId": offer["channel"]["id"], "application": "survivor"},
+                    )
+                    assert won.status_code == 204
+                    await client.wait_for("StasisStart")
+                    await http.post(proxy.base + f"/ari/channels/{offer['channel']['id']}/continue")
+                assert await ari.wait_global(f"BCAST_RESULT_{tag}") == "SUCCESS"
+        finally:
+            await ari.hangup_all()
+            await ari.aclose()
+    finally:
+        proxy.stop()
+
+
+# -- the proxy dying or stopping --------------------------------------------------------------
+
+
+async def test_killed_proxy_leaves_no_stranded_call(
+    asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path
+) -> None:
+    first = fault_proxy(asterisk, tmp_path)
+    async with events(first.base, "bystander") as client:
+        tag = await broadcast_call(ari, "30000")
+        offer = await client.wait_for("CallBroadcast")
+    first.stop(signal.SIGKILL)
+    assert first.process.returncode == -signal.SIGKILL
+    channel_id = offer["channel"]["id"]
+    # The call is still parked in the dead proxy's application...
+    listed = (await ari.http.get(f"applications/{FAULT_APP}")).json()["channel_ids"]
+    assert channel_id in listed
+    # ...until a proxy starts again, finds it and sends it back to the dialplan.
+    second = fault_proxy(asterisk, tmp_path)
+    try:
+        assert await ari.wait_global(f"BCAST_RESULT_{tag}", timeout=10) == "TIMEOUT"
+        assert "was left in the broadcast application" in second.log()
+    finally:
+        second.stop()
+
+
+async def test_sigterm_returns_calls_on_offer_closes_clients_with_1001_and_exits(
+    asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path
+) -> None:
+    proxy = fault_proxy(asterisk, tmp_path)
+    async with events(proxy.base, "listener") as client:
+        tag = await broadcast_call(ari, "30000")
+        await client.wait_for("CallBroadcast")
+        started = time.monotonic()
+        proxy.process.send_signal(signal.SIGTERM)
+        assert await ari.wait_global(f"BCAST_RESULT_{tag}", timeout=10) == "TIMEOUT"
+        async with asyncio.timeout(10):
+            await client.socket.wait_closed()
+        assert client.socket.close_code == 1001
+    code = await asyncio.to_thread(proxy.process.wait, 15)
+    # uvicorn re-raises the signal once shut down, so the exit reads as "ended by SIGTERM".
+    assert code in (0, -signal.SIGTERM)
+    assert time.monotonic() - started < 15
+    proxy.stop()
+    log = proxy.log()
+    assert "returning 1 call(s) on offer to the dialplan" in log
+    assert "proxy stopped" in log
+    assert "Traceback" not in log
+
+
+# -- applications vanishing -------------------------------------------------------------------
+
+
+async def test_an_application_leaving_mid_broadcast_does_not_disturb_the_race(
+    asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path
+) -> None:
+    proxy = fault_proxy(asterisk, tmp_path)
+    try:
+        async with events(proxy.base, "stayer") as stayer:
+            async with events(proxy.base, "leaver") as leaver:
+                await asyncio.sleep(0.1)
+                tag = await broadcast_call(ari, "5000")
+                offer = await leaver.wait_for("CallBroadcast")
+            await stayer.wait_for("CallBroadcast")
+            proxied = Ari(proxy.base)
+            try:
+                channel_id = offer["channel"]["id"]
+                won = await proxied.http.post(
+                    "events/claim", params={"channelId": channel_id, "application": "stayer"}
+                )
+                assert won.status_code == 204
+                await stayer.wait_for("StasisStart")
+                await proxied.http.post(f"channels/{channel_id}/continue")
+            finally:
+                await proxied.aclose()
+            assert await ari.wait_global(f"BCAST_RESULT_{tag}") == "SUCCESS"
+    finally:
+        proxy.stop()
+
+
+async def test_a_winner_gone_before_the_hand_over_gives_failed(
+    asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path
+) -> None:
+    proxy = fault_proxy(asterisk, tmp_path)
+    proxied = Ari(proxy.base)
+    try:
+        async with events(proxy.base, "quitter") as quitter:
+            await asyncio.sleep(0.1)
+            tag = await broadcast_call(ari, "5000")
+            offer = await quitter.wait_for("CallBroadcast")
+        await asyncio.sleep(0.2)  # the socket is gone; its claim arrives anyway
+        won = await proxied.http.post(
+            "events/claim", params={"channelId": offer["channel"]["id"], "application": "quitter"}
+        )
+        assert won.status_code == 204
+        assert await ari.wait_global(f"BCAST_RESULT_{tag}") == "FAILED"
+        late = await proxied.http.post(
+            "events/claim", params={"channelId": offer["channel"]["id"], "application": "quitter"}
+        )
+        assert late.status_code == 404
+        assert "hand-over to 'quitter' failed" in proxy.log()
+    finally:
+        await proxied.aclose()
+        proxy.stop()
+
+
+# -- clients that stop reading ----------------------------------------------------------------
+
+
+async def test_a_slow_consumer_is_closed_and_never_delays_the_others(
+    asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path
+) -> None:
+    proxy = fault_proxy(asterisk, tmp_path, "--session-queue", "64")
+    url = proxy.base.replace("http", "ws") + "/ari/events?app=sloth&api_key=asterisk:asterisk"
+    try:
+        # A client that never reads: a tiny receive buffer, and nothing calls recv().
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(("127.0.0.1", proxy.port))
+        raw.setblocking(False)
+        sloth = await connect(url, sock=raw, max_queue=1, max_size=None, compression=None)
+        async with events(proxy.base, "hare") as hare:
+            await asyncio.sleep(0.1)
+            blob = "x" * 16000
+            async with httpx.AsyncClient(auth=("asterisk", "asterisk")) as http:
+                for _ in range(1000):  # ~16 MB of user events for the sloth
+                    await http.post(
+                        f"{asterisk.base}/ari/events/user/flood",
+                        params={"application": "sloth"},
+                        json={"variables": {"blob": blob}},
+                    )
+            sent = time.monotonic()
+            tag = await broadcast_call(ari, "2000")
+            offer = await hare.wait_for("CallBroadcast", timeout=3)
+            assert offer["_received"] - sent < 1.0
+            assert await ari.wait_global(f"BCAST_RESULT_{tag}") == "TIMEOUT"
+        received = 0
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(20):
+                while True:
+                    json.loads(await sloth.recv())
+                    received += 1
+        assert sloth.close_code == 1013
+        assert received < 1000
+        assert "client stopped reading" in proxy.log()
+        async with httpx.AsyncClient() as http:
+            metrics = (await http.get(proxy.base + "/metrics")).text
+        assert "ari_proxy_slow_consumer_closes_total 1.0" in metrics
+    finally:
+        proxy.stop()
