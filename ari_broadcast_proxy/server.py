@@ -57,7 +57,9 @@ def run(config: Config) -> None:
             app,
             log_config=None,
             lifespan="on",
-            ws="websockets-sansio",
+            # wsproto: uvicorn's websockets-sansio protocol never answers (nor closes) an
+            # upgrade request whose request line exceeds 8 KiB; wsproto relays as fast here.
+            ws="wsproto",
             ws_max_size=1024 * 1024,
             ws_ping_interval=None,
             proxy_headers=False,

@@ -31,6 +31,7 @@ __all__ = ["EventSession", "Interceptor", "SessionManager", "requested_apps"]
 
 log = logging.getLogger(__name__)
 
+MAX_QUERY = 4000  # as passthrough.MAX_TARGET: Asterisk's request-line limit
 CLOSE_SLOW_CONSUMER = 1013  # "try again later": the client should reconnect
 CLOSE_UPSTREAM_GONE = 1001
 CLOSE_SHUTDOWN = 1001
@@ -46,12 +47,11 @@ class Interceptor(Protocol):
 
 
 def requested_apps(query: list[tuple[str, str]]) -> list[str]:
-    """`app=a,b&app=c` -> [a, b, c] (Asterisk accepts both forms)."""
-    apps: list[str] = []
+    """`app=a,b&app=c` -> [a, b]: Asterisk registers the first `app` parameter only."""
     for name, value in query:
         if name == "app":
-            apps += [a for a in value.split(",") if a]
-    return apps
+            return [a for a in value.split(",") if a]
+    return []
 
 
 class EventSession:
@@ -200,6 +200,10 @@ class SessionManager:
 
     async def endpoint(self, websocket: WebSocket) -> None:
         """Starlette WebSocket endpoint for /ari/events."""
+        if len(websocket.url.query) > MAX_QUERY:
+            log.warning("refused events socket: query string of %d bytes", len(websocket.url.query))
+            await websocket.send_denial_response(json_error(414, "Request-URI too long"))
+            return
         query = parse_qsl(websocket.url.query, keep_blank_values=True)
         apps = requested_apps(query)
         if self._reserved_app in apps:
