@@ -8,10 +8,17 @@ and offers the call to *every* application. This module reproduces the three pie
 * :func:`validate_pattern`, a line-by-line port of ``validate_regex_pattern``;
 * :func:`translate` / :class:`Ere`, a port of glibc's ERE parser (posix/regcomp.c) that either
   fails with the ``REG_*`` code glibc would return or yields an equivalent pattern for the
-  third-party ``regex`` engine. Matching is done on UTF-8 bytes with C-locale character classes,
-  as Asterisk (which never calls ``setlocale``) does;
+  third-party ``regex`` engine. Matching is done on UTF-8 bytes with C-locale character classes
+  (``.`` is one byte, ``[[:alpha:]]`` and ``\\w`` are ASCII), which assumes Asterisk runs in the
+  C locale, i.e. never calls ``setlocale(LC_ALL, "")``;
 * :class:`AppFilter`, the native policy around them, with a match timeout so that a pathological
   pattern cannot stall the proxy.
+
+Known differences from glibc: back-references follow the backtracking engine, while glibc's
+matcher has bugs there (``(b*){2}x\\1`` never matches, ``($)*\\1d`` matches ``"d"``, and some
+repeated back-references crash it). glibc may also run out of memory (``REG_ESPACE``) expanding a
+huge ``{,n}`` that native's validator lets through (``a{,32767}``); here it compiles. And a
+backtracking search can be exponential where glibc's is not (``^(a|aa)*$``), hence the timeout.
 """
 
 from __future__ import annotations
