@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 
 from ..auth import AccessDenied, Credentials, WriteAccess
-from ..claims import CLAIM_CONFLICT, CLAIM_NOT_FOUND, CLAIM_NOT_OFFERED, claim_params
 from ..errors import BadRequest
 from ..metrics import Metrics
+from .claim_params import CLAIM_CONFLICT, CLAIM_NOT_FOUND, CLAIM_NOT_OFFERED, claim_params
 from .controller import BroadcastController
 from .core import ClaimOutcome
 

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import BadRequest
+from ..errors import BadRequest
 
 __all__ = [
     "CLAIM_CONFLICT",
