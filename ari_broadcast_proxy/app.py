@@ -43,7 +43,7 @@ class Proxy:
         self.presenter = Presenter(config.broadcast_app, config.subroutine_context)
         self.controller = BroadcastController(
             config,
-            Dialplan(self.rest, config.subroutine_context),
+            Dialplan(self.rest, config.broadcast_app, config.subroutine_context),
             self.registry,
             self.presenter,
             self.metrics,

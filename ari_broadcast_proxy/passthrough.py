@@ -41,6 +41,9 @@ HOP_BY_HOP = frozenset(
     }
 )
 MAX_BODY = 1024 * 1024  # ARI request bodies are small JSON/form documents
+# Asterisk refuses request lines over 4096 bytes with an HTML 400 ("Request line too long");
+# the proxy answers longer request targets itself, with a JSON 414.
+MAX_TARGET = 4000
 # Asterisk answers a JSON or form body over 40960 bytes with 413 before reading it and closes
 # the connection, which races with the proxy still writing that body (a 502 about half the
 # time): the proxy gives Asterisk's answer itself instead of forwarding such a body.
@@ -89,7 +92,10 @@ class Passthrough:
         raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
         path = unquote(raw_path.decode("latin-1"))[len("/ari/") :]
         try:
-            if ".." in path.split("/") or "." in path.split("/") or "//" in path:
+            if len(raw_path) + len(request.scope.get("query_string", b"")) > MAX_TARGET:
+                raise ProxyError("Request-URI too long", 414)
+            segments = path.split("/")
+            if ".." in segments or "." in segments or "//" in path or path.startswith("/"):
                 raise BadRequest("Invalid path")
             if path == "events/claim" and request.method == "POST":
                 return await self._claim(request)

@@ -25,6 +25,7 @@ from ..errors import ProxyError
 from ..metrics import Metrics
 from ..registry import AppRegistry
 from ..upstream.websocket import HandshakeRefused, open_events_socket
+from ..upstream.ws_rest import RestOverWebSocket
 from .app_filter import AppFilter
 from .core import (
     ArmTimer,
@@ -97,6 +98,7 @@ class BroadcastController:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._runner: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
+        self._calls = RestOverWebSocket(None, config.upstream_timeout)  # replaced per connection
         self.asterisk_id: str | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -169,9 +171,11 @@ class BroadcastController:
             await asyncio.sleep(next(delays))
 
     async def _serve(self, socket: Any) -> None:
+        self._calls = RestOverWebSocket(socket, self._config.upstream_timeout)
         async with socket:
             log.info("broadcast application %r registered on Asterisk", self._config.broadcast_app)
             self._ready.set()
+            self._spawn(self._calls_over(self._calls), "probe")
             self._spawn(self._recover(), "recover")
             sweeper = asyncio.create_task(self._sweep(), name="sweep")
             try:
@@ -183,12 +187,26 @@ class BroadcastController:
             finally:
                 sweeper.cancel()
                 self._ready.clear()
+                self._dialplan.attach(None)
+                self._calls.close()
         log.warning("broadcast application socket closed (%s); reconnecting", socket.close_code)
+
+    async def _calls_over(self, calls: RestOverWebSocket) -> None:
+        """Carry hand-overs on the broadcast socket if this Asterisk does REST over WebSocket
+        (one round trip for all of a hand-over's calls instead of one HTTP request each)."""
+        if await calls.probe():
+            self._dialplan.attach(calls)
+            log.info("hand-overs go over the broadcast application's socket (REST over WebSocket)")
+        else:
+            log.info("Asterisk does not answer REST over WebSocket: hand-overs use HTTP")
 
     def _on_broadcast_event(self, text: str) -> None:
         event = orjson.loads(text)
         kind = event.get("type")
         channel_id = (event.get("channel") or {}).get("id", "")
+        if kind == "RESTResponse":
+            self._calls.on_response(event)
+            return
         try:
             if kind == "StasisStart":
                 self.asterisk_id = event.get("asterisk_id", self.asterisk_id)

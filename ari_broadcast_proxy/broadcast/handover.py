@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import ProxyError
 from ..upstream.rest import UpstreamRest
+from ..upstream.ws_rest import RestOverWebSocket
 from .core import Verdict
 from .presentation import Invocation
 
@@ -54,75 +55,86 @@ class HandOverResult(enum.Enum):
 
 
 class Dialplan:
-    def __init__(self, rest: UpstreamRest, subroutine_context: str) -> None:
+    def __init__(self, rest: UpstreamRest, broadcast_app: str, subroutine_context: str) -> None:
         self._rest = rest
+        self._app = broadcast_app
         self._context = subroutine_context
+        self._socket: RestOverWebSocket | None = None
 
-    async def _channel_call(self, channel_id: str, action: str, params: dict[str, Any]) -> int:
-        response = await self._rest.call("POST", f"channels/{channel_id}/{action}", params)
-        if response.status_code >= 300 and response.status_code != 404:
-            log.error(
-                "channel %s: %s -> %d %s",
-                channel_id,
-                action,
-                response.status_code,
-                response.text[:200],
-                extra={"channel_id": channel_id},
-            )
-        return response.status_code
+    def attach(self, socket: RestOverWebSocket | None) -> None:
+        """Carry channel calls over the broadcast application's socket (None: over HTTP)."""
+        self._socket = socket
+
+    @property
+    def over_websocket(self) -> bool:
+        return self._socket is not None
+
+    async def _channel_calls(
+        self, channel_id: str, calls: list[tuple[str, dict[str, Any]]]
+    ) -> list[int]:
+        """POST channels/{id}/{action} for each call, applied in order; their statuses.
+
+        Over the socket all are written at once (one round trip); over HTTP one after the
+        other, since separate connections would not keep the order."""
+        requests = [("POST", f"channels/{channel_id}/{action}", params) for action, params in calls]
+        socket = self._socket
+        if socket is not None:
+            statuses = await socket.run(requests)
+        else:
+            statuses = []
+            for method, path, params in requests:
+                statuses.append((await self._rest.call(method, path, params)).status_code)
+                if statuses[-1] >= 300:
+                    break  # what follows depended on this one
+        for (action, _), status in zip(calls, statuses, strict=False):
+            if status >= 300 and status != 404:
+                log.error(
+                    "channel %s: %s -> %d",
+                    channel_id,
+                    action,
+                    status,
+                    extra={"channel_id": channel_id},
+                )
+        return statuses
 
     async def hand_over(
         self, channel_id: str, invocation: Invocation, winner: str, args: tuple[str, ...]
     ) -> HandOverResult:
         """Set ARI_BROADCAST_WINNER (and the return address for the direct form), then
         continue to the subroutine's `claimed` label (`direct` extension)."""
-        variables = {"ARI_BROADCAST_WINNER": stasis_data(winner, args)}
-        if invocation.form == "direct":
-            variables["ARI_BROADCAST_RETURN"] = (
-                f"{invocation.context},{invocation.exten},{invocation.priority + 1}"
-            )
-        statuses = await asyncio.gather(
-            *(
-                self._channel_call(channel_id, "variable", {"variable": k, "value": v})
-                for k, v in variables.items()
-            )
-        )
-        if 404 in statuses:
-            return HandOverResult.CHANNEL_GONE
-        if any(status >= 300 for status in statuses):
-            return HandOverResult.FAILED
+        calls: list[tuple[str, dict[str, Any]]] = [
+            ("variable", {"variable": "ARI_BROADCAST_WINNER", "value": stasis_data(winner, args)})
+        ]
         target: dict[str, Any] = {"context": self._context}
         if invocation.form == "subroutine":
             target.update(extension="s", label="claimed")
         else:
+            address = f"{invocation.context},{invocation.exten},{invocation.priority + 1}"
+            calls.append(("variable", {"variable": "ARI_BROADCAST_RETURN", "value": address}))
             target.update(extension="direct", priority=1)
-        status = await self._channel_call(channel_id, "continue", target)
-        if status == 404:
+        calls.append(("continue", target))
+        statuses = await self._channel_calls(channel_id, calls)
+        if 404 in statuses:
             return HandOverResult.CHANNEL_GONE
-        return HandOverResult.DONE if status < 300 else HandOverResult.FAILED
+        if len(statuses) < len(calls) or any(status >= 300 for status in statuses):
+            return HandOverResult.FAILED
+        return HandOverResult.DONE
 
     async def resume(self, channel_id: str, invocation: Invocation, verdict: Verdict) -> bool:
         """Back to the dialplan with a verdict, retried so no channel is left stranded.
         False if Asterisk could not be told (the next reconnect's recovery retries)."""
+        calls: list[tuple[str, dict[str, Any]]]
+        if invocation.form == "subroutine":
+            label = verdict.value.lower()
+            calls = [("continue", {"context": self._context, "extension": "s", "label": label})]
+        else:
+            status_var = {"variable": "ARI_BROADCAST_STATUS", "value": verdict.value}
+            calls = [("variable", status_var), ("continue", {})]
         delays = backoff(0.1, 2.0, 2.0)
         for _ in range(_RESUME_ATTEMPTS):
             try:
-                if invocation.form == "subroutine":
-                    target = {
-                        "context": self._context,
-                        "extension": "s",
-                        "label": verdict.value.lower(),
-                    }
-                    status = await self._channel_call(channel_id, "continue", target)
-                else:
-                    status = await self._channel_call(
-                        channel_id,
-                        "variable",
-                        {"variable": "ARI_BROADCAST_STATUS", "value": verdict.value},
-                    )
-                    if status < 300:
-                        status = await self._channel_call(channel_id, "continue", {})
-                if status < 300 or status == 404:
+                statuses = await self._channel_calls(channel_id, calls)
+                if 404 in statuses or (len(statuses) == len(calls) and statuses[-1] < 300):
                     return True
             except ProxyError as exc:
                 log.warning(
@@ -131,6 +143,8 @@ class Dialplan:
                     exc.message,
                     extra={"channel_id": channel_id},
                 )
+            if not await self._still_parked(channel_id):
+                return True  # a try that timed out went through after all, or it hung up
             await asyncio.sleep(next(delays))
         log.error(
             "channel %s: could not return it to the dialplan",
@@ -138,6 +152,14 @@ class Dialplan:
             extra={"channel_id": channel_id},
         )
         return False
+
+    async def _still_parked(self, channel_id: str) -> bool:
+        """Whether the channel still waits in the broadcast application, where a resume may
+        safely be sent again (anywhere else `continue` would disturb someone else's call)."""
+        try:
+            return channel_id in await self.channels_in(self._app)
+        except ProxyError:
+            return True
 
     async def invocation_of(self, channel_id: str) -> Invocation | None:
         """Where a channel we know nothing about sits (for sending it back)."""
