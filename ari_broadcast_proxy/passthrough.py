@@ -44,6 +44,7 @@ MAX_BODY = 1024 * 1024  # ARI request bodies are small JSON/form documents
 # Asterisk refuses request lines over 4096 bytes with an HTML 400 ("Request line too long");
 # the proxy answers longer request targets itself, with a JSON 414.
 MAX_TARGET = 4000
+DRAIN_LIMIT = 8 * 1024 * 1024  # refused bodies up to this size are read so the 413 arrives
 # Asterisk answers a JSON or form body over 40960 bytes with 413 before reading it and closes
 # the connection, which races with the proxy still writing that body (a 502 about half the
 # time): the proxy gives Asterisk's answer itself instead of forwarding such a body.
@@ -149,12 +150,16 @@ class Passthrough:
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         limit = ASTERISK_MAX_PARSED_BODY if content_type in _PARSED_BODY_TYPES else MAX_BODY
         length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
+        declared = int(length) if length is not None and length.isdigit() else None
+        if length is not None and (declared is None or declared > limit):
+            if declared is not None and declared <= DRAIN_LIMIT:
+                await _drain(request)
             raise ProxyError("Request body too large", 413)
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > limit:
+                await _drain(request, size)
                 raise ProxyError("Request body too large", 413)
             chunks.append(chunk)
         return b"".join(chunks)
@@ -202,6 +207,15 @@ class Passthrough:
         elif path.startswith("channels") and len(self._presenter):
             content = self._presenter.body(content)
         return _relay(upstream, content)
+
+
+async def _drain(request: Request, size: int = 0) -> None:
+    """Read and drop a refused body (up to DRAIN_LIMIT) so the client, still sending it, can
+    read the 413 instead of having its connection reset."""
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > DRAIN_LIMIT:
+            return
 
 
 def _relay(upstream, content: bytes) -> Response:  # type: ignore[no-untyped-def]

@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+import aiohttp
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 from ..config import Config
 from ..errors import UpstreamError, UpstreamTimeout
@@ -30,11 +32,15 @@ class UpstreamRest:
     ) -> None:
         self._metrics = metrics
         n = config.upstream_connections
+        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n, keepalive_expiry=20)
+        if transport is None:
+            # httpx's API on aiohttp's engine: a third of httpcore's CPU per request
+            # (measured 538 vs 1606 us against Asterisk), which the passthrough pays on
+            # every call.
+            transport = AiohttpTransport(limits=limits)
         self._client = httpx.AsyncClient(
             base_url=config.upstream_ari + "/",
-            limits=httpx.Limits(
-                max_connections=n, max_keepalive_connections=n, keepalive_expiry=20
-            ),
+            limits=limits,
             timeout=httpx.Timeout(
                 config.upstream_timeout, connect=min(5.0, config.upstream_timeout)
             ),
@@ -54,14 +60,21 @@ class UpstreamRest:
         """Send a prepared request; transport failures become 502/504 ProxyErrors."""
         try:
             return await self._client.send(request, stream=stream)
-        except httpx.TimeoutException as exc:
-            self._metrics.upstream_errors.labels("timeout").inc()
-            raise UpstreamTimeout(
-                f"Asterisk did not answer in time ({type(exc).__name__})"
+        except (httpx.HTTPError, aiohttp.ClientError, TimeoutError) as exc:
+            # httpx-aiohttp maps a refused connection to ConnectTimeout: judge by the cause.
+            cause = exc.__cause__ if isinstance(exc, httpx.HTTPError) else exc
+            timed_out = isinstance(cause, TimeoutError | aiohttp.ServerTimeoutError) or (
+                cause is None and isinstance(exc, httpx.TimeoutException)
+            )
+            kind = "timeout" if timed_out else "unreachable"
+            self._metrics.upstream_errors.labels(kind).inc()
+            if timed_out:
+                raise UpstreamTimeout(
+                    f"Asterisk did not answer in time ({type(cause or exc).__name__})"
+                ) from exc
+            raise UpstreamError(
+                f"Asterisk is unreachable ({type(cause or exc).__name__}: {cause or exc})"
             ) from exc
-        except httpx.HTTPError as exc:
-            self._metrics.upstream_errors.labels("unreachable").inc()
-            raise UpstreamError(f"Asterisk is unreachable ({type(exc).__name__}: {exc})") from exc
 
     async def call(
         self,

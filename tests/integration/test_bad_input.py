@@ -179,7 +179,7 @@ async def test_bad_request_gets_a_clear_json_error(
     case: Case, proxy: ProxyProcess, proxied: Ari
 ) -> None:
     status, headers, body = await raw_request(proxy.port, case)
-    assert status == case.status, body[:300]
+    assert status == case.status, body[:300].decode("latin-1")
     assert headers.get("content-type", "").startswith("application/json"), headers
     message = json.loads(body)["message"]
     if case.message is not None:
@@ -325,4 +325,6 @@ def test_any_claim_input_gets_a_native_status_and_message(
         "channelId parameter is required",
         "application parameter is required",
         "Channel not found or not in broadcast state",
+        # Asterisk's own JSON parser (jansson) refuses "\u0000" in a body the proxy forwards.
+        "Error parsing request body",
     )
