@@ -4,6 +4,7 @@ Asterisk's own answer, unchanged), a log line, and the proxy keeps serving."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -157,10 +158,14 @@ async def raw_request(port: int, case: Case) -> tuple[int, dict[str, str], bytes
     head = f"{case.method} {case.path} HTTP/1.1\r\n" + "".join(
         f"{k}: {v}\r\n" for k, v in headers.items()
     )
-    writer.write(head.encode("utf-8") + b"\r\n" + case.body)
-    await writer.drain()
-    data = await asyncio.wait_for(reader.read(), 10)
-    writer.close()
+    try:
+        writer.write(head.encode("utf-8") + b"\r\n" + case.body)
+        await writer.drain()
+        data = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
     status_line, _, rest = data.partition(b"\r\n")
     raw_headers, _, body = rest.partition(b"\r\n\r\n")
     parsed = dict(

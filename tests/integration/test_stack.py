@@ -11,7 +11,9 @@ async def test_ping_and_version(ari: Ari) -> None:
     assert response.json()["system"]["version"].startswith("22.")
 
 
-async def test_originated_call_reaches_stasis_and_is_destroyed(asterisk: Asterisk, ari: Ari) -> None:
+async def test_originated_call_reaches_stasis_and_is_destroyed(
+    asterisk: Asterisk, ari: Ari
+) -> None:
     async with events(asterisk.base, "stack-test") as client:
         channel = await ari.originate("Local/s@tests-echo", app="stack-test")
         start = await client.wait_for("StasisStart")
