@@ -66,6 +66,9 @@ def run(config: Config) -> None:
             server_header=False,
             date_header=False,
             timeout_graceful_shutdown=10,
+            # ARI clients keep pooled connections open; 5 s (uvicorn's default) makes them race
+            # the server closing an idle connection (a reset instead of an answer).
+            timeout_keep_alive=75,
             access_log=False,
         ),
         app.state.proxy,
