@@ -30,6 +30,7 @@ async def test_soak(asterisk: Asterisk, ari: Ari, proxy: ProxyProcess) -> None:
     claims: dict[str, list[int]] = defaultdict(list)
     starts: Counter[str] = Counter()
     offers: Counter[str] = Counter()
+    answered: Counter[str] = Counter()  # claims answered, per claiming application
     rss: dict[str, int] = {}
     process = psutil.Process(proxy.process.pid)
     limits = httpx.Limits(max_connections=40, max_keepalive_connections=40)
@@ -58,10 +59,16 @@ async def test_soak(asterisk: Asterisk, ari: Ari, proxy: ProxyProcess) -> None:
                         ).decode()
                     )
                     return
-                response = await http.post(
-                    "events/claim", params={"channelId": channel_id, "application": app}
-                )
+                try:
+                    response = await http.post(
+                        "events/claim", params={"channelId": channel_id, "application": app}
+                    )
+                except httpx.HTTPError:
+                    claims[channel_id].append(0)  # no answer at all: fails the run below
+                    answered[app] += 1
+                    return
                 claims[channel_id].append(response.status_code)
+                answered[app] += 1
 
             async def originate() -> None:
                 await ari.http.post(
@@ -90,6 +97,7 @@ async def test_soak(asterisk: Asterisk, ari: Ari, proxy: ProxyProcess) -> None:
                         )
                     elif kind == "RESTResponse":
                         claims[event["transaction_id"]].append(event["status_code"])
+                        answered[app] += 1
                         continue
                     elif kind == "StasisStart":
                         starts[event["channel"]["id"]] += 1
@@ -113,9 +121,11 @@ async def test_soak(asterisk: Asterisk, ari: Ari, proxy: ProxyProcess) -> None:
                 if n + 1 == min(1000, CALLS):
                     rss["1k"] = process.memory_info().rss
             elapsed = time.monotonic() - started
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 60
             while time.monotonic() < deadline and (  # noqa: ASYNC110 - polling ARI state
-                len(starts) < CALLS or (await ari.http.get("channels")).json()
+                len(starts) < CALLS
+                or sum(map(len, claims.values())) < CALLS * len(APPS)
+                or (await ari.http.get("channels")).json()
             ):
                 await asyncio.sleep(0.2)
             rss["end"] = process.memory_info().rss
@@ -130,6 +140,7 @@ async def test_soak(asterisk: Asterisk, ari: Ari, proxy: ProxyProcess) -> None:
         f"\nsoak: {CALLS} calls at {CALLS / elapsed:.1f}/s, {len(claims)} claimed, "
         f"{sum(len(s) for s in claims.values())} claims, winners per call {dict(won)}, "
         f"statuses {Counter(x for s in claims.values() for x in s)}, "
+        f"answered per app {dict(answered)}, "
         f"StasisStart {sum(starts.values())}, left in broadcast {len(left)}, "
         f"proxy RSS {rss['1k'] / 2**20:.1f} MiB after 1k, {rss['end'] / 2**20:.1f} MiB at end"
     )
