@@ -1,0 +1,246 @@
+"""The printed (Markdown) table and the target verdicts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _f(value: Any, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def render(data: dict[str, Any]) -> str:
+    meta, results = data["meta"], data["results"]
+    m = meta["machine"]
+    gen = meta["generator"]
+    cpu = meta["cpu"]
+    lines = [
+        f"ari-broadcast-proxy benchmark, {meta['mode']} run, {meta['date']}",
+        "",
+        f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}, "
+        f"Python {m['python']}, Asterisk {meta['asterisk']} (sandbox); everything on these cores",
+        f"- proxy: {meta.get('proxy_revision', '?')}",
+        f"- CPU over the measurements ({cpu['wall_s']} s, share of {m['cores']} cores): load "
+        f"generator {_pct(cpu['generator_share'])} ({gen['processes']} worker processes: "
+        f"{gen['processes'] - 1} with the applications, 1 originator), proxy "
+        f"{_pct(cpu['proxy_share'])}, Asterisk "
+        f"{_pct(cpu['asterisk_share'])}, everything else on the machine "
+        f"{_pct(cpu['other_share'])}; whole run {meta['total_seconds']} s",
+        "",
+    ]
+    verdicts: list[tuple[str, bool | None, str]] = []
+
+    if "latency" in results:
+        rows = results["latency"]["rows"]
+        lines += [
+            "### 1-2. Broadcast and claim latency (ms)",
+            "",
+            "Broadcast: originate request sent -> CallBroadcast received, per application. "
+            "End-to-end from",
+            "origination: identical Asterisk work on both paths (originate, Local channel, "
+            "dialplan) except",
+            "the broadcast itself. Claim: the winning claim sent -> the winner's StasisStart "
+            "received.",
+            f"{rows[0]['target_rate'] if rows else '-'} calls/s; up to 10 applications race "
+            "for every call.",
+            "",
+            "| apps (racing) | calls | broadcast native p50 / p99 | broadcast proxy p50 / p99 "
+            "| claim native p50 / p99 | claim proxy p50 / p99 |",
+            "|---|---|---|---|---|---|",
+        ]
+        by_apps: dict[int, dict[str, dict[str, Any]]] = {}
+        for row in rows:
+            by_apps.setdefault(row["apps"], {})[row["path"]] = row
+        for apps, pair in by_apps.items():
+            n, p = pair.get("native"), pair.get("proxy")
+            if not (n and p):
+                continue
+            lines.append(
+                f"| {apps} ({n['racers']}) | {n['calls']} | {_f(n['broadcast_ms']['p50'])} / "
+                f"{_f(n['broadcast_ms']['p99'])} | {_f(p['broadcast_ms']['p50'])} / "
+                f"{_f(p['broadcast_ms']['p99'])} | {_f(n['claim_to_start_ms']['p50'])} / "
+                f"{_f(n['claim_to_start_ms']['p99'])} | {_f(p['claim_to_start_ms']['p50'])} / "
+                f"{_f(p['claim_to_start_ms']['p99'])} |"
+            )
+            nb, pb = n["broadcast_ms"]["p50"], p["broadcast_ms"]["p50"]
+            verdicts.append(
+                (f"broadcast p50 <= native ({apps} apps)", _le(pb, nb), f"{_f(pb)} vs {_f(nb)} ms")
+            )
+            nc, pc = n["claim_to_start_ms"]["p50"], p["claim_to_start_ms"]["p50"]
+            verdicts.append(
+                (
+                    f"claim->StasisStart p50 <= native + 1 ms ({apps} apps)",
+                    _le(pc, None if nc is None else nc + 1),
+                    f"{_f(pc)} vs {_f(nc)} ms",
+                )
+            )
+            lost = [r for r in (n, p) if r["claimed"] != r["calls"]]
+            for r in lost:
+                lines.append(
+                    f"|   {r['path']}: {r['claimed']}/{r['calls']} claimed: "
+                    f"{r['failures']} | | | | | |"
+                )
+        lines.append("")
+
+    if "throughput" in results:
+        t = results["throughput"]
+        lines += [
+            f"### 3. Throughput ({t['apps']} racing applications, {t['step_seconds']} s steps)",
+            "",
+            "Highest rate at which >= 99.9 % of calls were claimed (the winner got StasisStart) "
+            "within the",
+            "5 s broadcast timeout counted from origination; rates step up until a path's first "
+            "failing step.",
+            "CPU: share of the machine (other = everything else running on it meanwhile).",
+            "",
+            "| path | calls/s target | achieved | claimed | broadcast p50 / p99 ms | claim p50 / "
+            "p99 ms | CPU gen / proxy / Asterisk / other | result |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in t["steps"]:
+            cpu = row["cpu"]
+            result = "ok" if row["passed"] else "FAILED"
+            lines.append(
+                f"| {row['path']} | {row['target_rate']:g} | {_f(row['achieved_rate'], 1)} | "
+                f"{row['claimed']}/{row['calls']} | {_f(row['broadcast_ms']['p50'])} / "
+                f"{_f(row['broadcast_ms']['p99'])} | {_f(row['claim_to_start_ms']['p50'])} / "
+                f"{_f(row['claim_to_start_ms']['p99'])} | {_pct(cpu['generator_share'])} / "
+                f"{_pct(cpu['proxy_share'])} / {_pct(cpu['asterisk_share'])} / "
+                f"{_pct(cpu['other_share'])} | {result} |"
+            )
+        lines.append("")
+        for path in ("native", "proxy"):
+            best = t["best"].get(path)
+            broke = t["broke"].get(path)
+            text = f"- {path}: sustained {best if best is not None else 'none'} calls/s; "
+            if broke:
+                reasons = "; ".join(
+                    f"{k} ({v})" if v else k for k, v in list(broke["reasons"].items())[:4]
+                )
+                claims = ", ".join(
+                    f"{k} x{v}" for k, v in list(broke["claim_outcomes"].items())[:4]
+                )
+                text += f"broke at {broke['rate']:g}/s: {reasons or 'n/a'}; claims: {claims}"
+                if broke.get("diagnosis"):
+                    text += "; " + "; ".join(broke["diagnosis"])
+            else:
+                text += "did not break within the steps"
+            lines.append(text)
+        lines.append("")
+        nb, pb = t["best"].get("native"), t["best"].get("proxy")
+        capped = not t["broke"].get("native") and not t["broke"].get("proxy")
+        verdicts.append(
+            (
+                "proxy calls/s >= native at 10 apps",
+                None if capped and nb == pb else _le(nb, pb),
+                f"{pb} vs {nb} calls/s" + (" (neither broke: raise the steps)" if capped else ""),
+            )
+        )
+
+    if "passthrough" in results:
+        pt = results["passthrough"]
+        lines += [
+            "### 4. Pass-through cost",
+            "",
+            "Sequential requests, direct and proxied interleaved (order alternating every "
+            "round), ms:",
+            "",
+            "| request | n | direct p50 / p99 | proxied p50 / p99 | added p50 / p99 | paired "
+            "added p50 | req/s direct | req/s proxied |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for endpoint, row in pt["sequential"].items():
+            conc = pt["concurrent"][endpoint]
+            lines.append(
+                f"| GET /ari/{endpoint} | {row['direct_ms']['n']} | "
+                f"{_f(row['direct_ms']['p50'], 3)} / {_f(row['direct_ms']['p99'], 3)} | "
+                f"{_f(row['proxied_ms']['p50'], 3)} / "
+                f"{_f(row['proxied_ms']['p99'], 3)} | {_f(row['added_p50_ms'], 3)} / "
+                f"{_f(row['added_p99_ms'], 3)} | {_f(row['paired_added_p50_ms'], 3)} | "
+                f"{conc['direct']['rps']:.0f} | {conc['proxied']['rps']:.0f} |"
+            )
+            verdicts.append(
+                (
+                    f"pass-through added p50 <= 0.5 ms (GET /ari/{endpoint})",
+                    row["added_p50_ms"] <= 0.5,
+                    f"{row['added_p50_ms']:.3f} ms",
+                )
+            )
+        clients = next(iter(pt["concurrent"].values()))["direct"]["clients"]
+        lines += [f"(req/s: {clients} concurrent clients in 2 processes)", ""]
+
+    if "relay" in results:
+        r = results["relay"]
+        eps = r["events_per_s"]
+        lines += [
+            "### 4b. Events relayed (one subscribeAll socket)",
+            "",
+            f"[bench-events] x {r['loops']} parallel loops of {r['iterations']} UserEvent() "
+            "make Asterisk publish as fast as it can",
+            "(ChannelUserevent, ChannelVarset, ChannelDialplan); events received / seconds "
+            "from first to last.",
+            "",
+            "| socket | events/s | events per run |",
+            "|---|---|---|",
+            f"| direct to Asterisk | {_f(eps['direct'])} | "
+            f"{', '.join(str(x['events']) for x in r['runs']['direct'])} |",
+            f"| through the proxy | {_f(eps['proxied'])} | "
+            f"{', '.join(str(x['events']) for x in r['runs']['proxied'])} |",
+            "",
+        ]
+        verdicts.append(
+            (
+                "relay >= 80 % of direct events/s",
+                None if r["ratio"] is None else r["ratio"] >= 0.8,
+                _pct(r["ratio"]),
+            )
+        )
+
+    if "memory" in results:
+        mem = results["memory"]
+        pts = mem["points"]
+        lines += [
+            "### 5. Proxy memory",
+            "",
+            f"Calls through the proxy at {mem['rate']:g}/s, each claimed at once by the one "
+            "connected application and released;",
+            "RSS (psutil) after the calls ended and the proxy's 5 s hand-over watchdogs expired.",
+            "",
+            "| after calls | RSS MB | claimed | proxy CPU ms/call |",
+            "|---|---|---|---|",
+            f"| 0 (start of section) | {mem['rss_start_mb']} | | |",
+        ]
+        lines += [
+            f"| {p['calls']} | {p['rss_mb']} | {p['claimed']}/{p['of']} | "
+            f"{p['proxy_cpu_ms_per_call']} |"
+            for p in pts
+        ]
+        lines.append("")
+        verdicts.append(
+            (
+                f"RSS after {pts[-1]['calls']} calls within 10 % of after {pts[0]['calls']}",
+                abs(mem["growth"]) <= 0.10,
+                f"{mem['growth'] * 100:+.1f} %",
+            )
+        )
+
+    if verdicts:
+        lines += ["### Targets", ""]
+        for name, ok, detail in verdicts:
+            mark = "n/a" if ok is None else ("met" if ok else "NOT met")
+            lines.append(f"- {name}: **{mark}** ({detail})")
+    return "\n".join(lines)
+
+
+def _le(a: float | None, b: float | None) -> bool | None:
+    if a is None or b is None:
+        return None
+    return a <= b

@@ -1,0 +1,454 @@
+"""Load-generator worker processes.
+
+Every worker is a separate process running one asyncio (uvloop) event loop and owning one
+pooled `httpx.AsyncClient`. The orchestrator (bench/cli.py) drives it over a Pipe with small
+commands (`op`, kwargs) and gets plain tuples back. One worker can
+
+- host applications: one events WebSocket per application, a CallBroadcast handler that
+  claims at once (for the applications told to race), and a StasisStart handler that lets the
+  channel go (`continue`, the dialplan then hangs up);
+- originate calls at a fixed rate (the originator worker, never one that hosts applications);
+- send sequential or concurrent REST requests (pass-through cost);
+- count the frames of one events socket (relay throughput).
+
+Every timestamp that crosses a process boundary is `time.monotonic()` (CLOCK_MONOTONIC,
+system-wide); durations inside one process use `time.perf_counter()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import importlib.util
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+# httpcore runs `import sniffio` inside every request (connection-pool locks); without the
+# package installed that is a failed import, i.e. a sys.path search, several times per request
+# (about 40 % of the generator's CPU per claim). Record the miss once so it is cheap. The
+# proxy is measured as installed (see the README's Benchmarks section).
+if importlib.util.find_spec("sniffio") is None:
+    sys.modules["sniffio"] = None  # type: ignore[assignment]
+
+import httpx
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+USER = PASSWORD = "asterisk"
+BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+HTTP_TIMEOUT = 10.0  # every client request, both paths
+# Keep-alive connections per worker process. httpcore's pool costs O(idle x connections) plus
+# O(queued x connections) per request event, so the pool stays small and requests wait in
+# `Worker.gate` (an asyncio semaphore, O(1)) instead of in httpcore's queue: past saturation
+# the generator slows down instead of collapsing.
+POOL = 8
+END_MARKER = '"eventname":"bench-end"'
+
+
+def _err(exc: BaseException) -> str:
+    text = str(exc) or repr(exc)
+    return f"{type(exc).__name__}: {text}"[:160]
+
+
+class Worker:
+    def __init__(self) -> None:
+        self.http = httpx.AsyncClient(
+            headers={"authorization": BASIC},
+            timeout=HTTP_TIMEOUT,
+            limits=httpx.Limits(
+                max_connections=POOL, max_keepalive_connections=POOL, keepalive_expiry=5
+            ),
+        )
+        self.gate = asyncio.Semaphore(POOL)
+        self._sockets: dict[str, ClientConnection] = {}
+        self._readers: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._base = ""
+        self._claimers: frozenset[str] = frozenset()
+        self._reset()
+        self._relay: dict[str, Any] = {}
+
+    def _reset(self) -> None:
+        self.broadcasts: list[tuple[str, str, float]] = []  # channel, app, received
+        # channel, app, decided (CallBroadcast arrived), sent (got a connection), answered, ...
+        self.claims: list[tuple[str, str, float, float, float, int, str]] = []
+        self.starts: list[tuple[str, str, float]] = []
+        self.release_errors: list[str] = []
+        self.socket_closes: list[str] = []
+
+    async def close(self) -> None:
+        await self.op_apps_close()
+        await self.http.aclose()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- applications -------------------------------------------------------------------------
+
+    async def op_apps_open(self, base: str, names: list[str], claimers: list[str]) -> int:
+        """Connect one events socket per application to `base` (Asterisk or the proxy)."""
+        await self.op_apps_close()
+        self._base = base
+        self._claimers = frozenset(claimers)
+        ws_base = "ws" + base[len("http") :]
+
+        async def one(name: str) -> None:
+            self._sockets[name] = await connect(
+                f"{ws_base}/ari/events?app={name}",
+                additional_headers={"authorization": BASIC},
+                max_size=None,
+                compression=None,
+                ping_interval=None,
+            )
+
+        await asyncio.gather(*(one(n) for n in names))
+        self._readers = [
+            asyncio.create_task(self._read(name, ws)) for name, ws in self._sockets.items()
+        ]
+        return len(self._sockets)
+
+    async def op_apps_close(self) -> None:
+        """Let in-flight claims and releases finish (bounded: past saturation thousands may
+        wait for a connection), cancel the rest, then close every socket, so nothing of one
+        run lands in the next one's records."""
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=3)
+        for task in list(self._tasks):
+            task.cancel()
+        for ws in self._sockets.values():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 2)
+        for task in self._readers:
+            task.cancel()
+        await asyncio.gather(*self._readers, return_exceptions=True)
+        self._sockets.clear()
+        self._readers = []
+
+    async def _read(self, app: str, ws: ClientConnection) -> None:
+        monotonic = time.monotonic
+        claims = app in self._claimers
+        try:
+            async for frame in ws:
+                now = monotonic()
+                event = orjson.loads(frame)
+                kind = event.get("type")
+                if kind == "CallBroadcast":
+                    channel_id = event["channel"]["id"]
+                    self.broadcasts.append((channel_id, app, now))
+                    if claims:
+                        self._spawn(self._claim(self._base, channel_id, app, now))
+                elif kind == "StasisStart":
+                    channel_id = event["channel"]["id"]
+                    self.starts.append((channel_id, app, now))
+                    self._spawn(self._release(self._base, channel_id))
+        except Exception as exc:
+            self.socket_closes.append(f"{app}: {_err(exc)}")
+        else:
+            if ws.close_code not in (None, 1000):
+                self.socket_closes.append(f"{app}: closed {ws.close_code} {ws.close_reason}")
+
+    async def _claim(self, base: str, channel_id: str, app: str, offered: float) -> None:
+        """Claim at once. `sent` is when the application decided to claim (the CallBroadcast's
+        arrival), so any wait for a free connection counts, on both paths alike."""
+        url = f"{base}/ari/events/claim?channelId={channel_id}&application={app}"
+        acquired = offered
+        try:
+            async with self.gate:
+                acquired = time.monotonic()
+                response = await self.http.post(url)
+            status, error = response.status_code, ""
+        except Exception as exc:
+            status, error = 0, _err(exc)
+        self.claims.append((channel_id, app, offered, acquired, time.monotonic(), status, error))
+
+    async def _release(self, base: str, channel_id: str) -> None:
+        try:
+            async with self.gate:
+                response = await self.http.post(f"{base}/ari/channels/{channel_id}/continue")
+            if response.status_code >= 300:
+                self.release_errors.append(f"continue -> {response.status_code}")
+        except Exception as exc:
+            self.release_errors.append(f"continue: {_err(exc)}")
+
+    async def op_apps_progress(self) -> tuple[int, int, int]:
+        """(CallBroadcasts, claims answered, StasisStarts) recorded since the last collect."""
+        return len(self.broadcasts), len(self.claims), len(self.starts)
+
+    async def op_apps_collect(self) -> dict[str, Any]:
+        out = {
+            "broadcasts": self.broadcasts,
+            "claims": self.claims,
+            "starts": self.starts,
+            "release_errors": self.release_errors,
+            "socket_closes": self.socket_closes,
+        }
+        self._reset()
+        return out
+
+    # -- origination --------------------------------------------------------------------------
+
+    async def op_originate(
+        self,
+        asterisk: str,
+        context: str,
+        data: str,
+        rate: float,
+        count: int,
+        tag: str,
+    ) -> dict[str, Any]:
+        """Originate `count` Local/s@context calls at `rate`/s straight to Asterisk.
+
+        The ;2 leg (the one that runs the broadcast) gets channel id `<tag>-<n>-b`, so every
+        CallBroadcast names the call it belongs to. Returns per call (id, sent, answered,
+        status, error) and how late the schedule ran."""
+        url = f"{asterisk}/ari/channels"
+        body = orjson.dumps({"variables": {"__BENCH_DATA": data}})
+        headers = {"content-type": "application/json"}
+        results: list[tuple[str, float, float, int, str]] = []
+        lag = 0.0
+
+        async def one(n: int) -> None:
+            # Asterisk refuses an id that is a prefix of an existing channel's id (409):
+            # both legs get a terminating suffix.
+            channel_id = f"{tag}-{n}-b"
+            params = {
+                "endpoint": f"Local/s@{context}",
+                "context": "bench-hold",
+                "extension": "s",
+                "priority": "1",
+                "timeout": "30",
+                "channelId": f"{tag}-{n}-a",
+                "otherChannelId": channel_id,
+            }
+            sent = time.monotonic()  # the schedule's time: waiting for a connection counts
+            try:
+                async with self.gate:
+                    response = await self.http.post(
+                        url, params=params, content=body, headers=headers
+                    )
+                status, error = response.status_code, ""
+            except Exception as exc:
+                status, error = 0, _err(exc)
+            results.append((channel_id, sent, time.monotonic(), status, error))
+
+        start = time.monotonic() + 0.02
+        tasks = []
+        for n in range(count):
+            due = start + n / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            else:
+                lag = max(lag, -delay)
+            tasks.append(asyncio.create_task(one(n)))
+        await asyncio.gather(*tasks)
+        return {"calls": results, "lag": lag}
+
+    # -- REST pass-through --------------------------------------------------------------------
+
+    async def op_http_sequential(self, urls: list[str], n: int, warmup: int) -> list[list[float]]:
+        """`n` rounds of one request per URL, alternating the order every round (so drift
+        and caching hit every URL alike); per URL, the latencies in seconds."""
+        clock = time.perf_counter
+        get = self.http.get
+        for _ in range(warmup):
+            for url in urls:
+                (await get(url)).raise_for_status()
+        out: list[list[float]] = [[] for _ in urls]
+        order = list(range(len(urls)))
+        for i in range(n):
+            for k in order if i % 2 == 0 else reversed(order):
+                t0 = clock()
+                response = await get(urls[k])
+                out[k].append(clock() - t0)
+                if response.status_code != 200:
+                    raise RuntimeError(f"GET {urls[k]} -> {response.status_code}")
+        return out
+
+    async def op_http_concurrent(
+        self, url: str, concurrency: int, duration: float, start_at: float
+    ) -> tuple[int, int]:
+        """`concurrency` request loops on `url` from `start_at` (monotonic) for `duration`."""
+        await asyncio.sleep(max(0.0, start_at - time.monotonic()))
+        deadline = time.monotonic() + duration
+        done = errors = 0
+
+        async def loop() -> None:
+            nonlocal done, errors
+            while time.monotonic() < deadline:
+                try:
+                    response = await self.http.get(url)
+                    if response.status_code == 200:
+                        done += 1
+                    else:
+                        errors += 1
+                except httpx.HTTPError:
+                    errors += 1
+
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+        return done, errors
+
+    # -- events relay -------------------------------------------------------------------------
+
+    async def op_relay_open(self, base: str, app: str) -> None:
+        """One subscribeAll events socket; frames are counted, not parsed."""
+        ws_base = "ws" + base[len("http") :]
+        ws = await connect(
+            f"{ws_base}/ari/events?app={app}&subscribeAll=true",
+            additional_headers={"authorization": BASIC},
+            max_size=None,
+            compression=None,
+            ping_interval=None,
+        )
+        state: dict[str, Any] = {"ws": ws, "count": 0, "first": None, "last": None, "ends": 0}
+        state["done"] = asyncio.Event()
+        state["reader"] = asyncio.create_task(self._count(state))
+        self._relay = state
+
+    async def _count(self, state: dict[str, Any]) -> None:
+        monotonic = time.monotonic
+        count = ends = 0
+        first = None
+        try:
+            async for frame in state["ws"]:
+                count += 1
+                if first is None:
+                    first = monotonic()
+                    state["first"] = first
+                if END_MARKER in frame:
+                    ends += 1
+                    state["ends"] = ends
+                    state["last"] = monotonic()
+                    state["count"] = count
+                    if ends >= state.get("expect", 1 << 30):
+                        state["done"].set()
+        except Exception as exc:
+            state["error"] = _err(exc)
+        state["count"] = count
+        state["done"].set()
+
+    async def op_relay_wait(self, ends: int, timeout: float) -> dict[str, Any]:
+        state = self._relay
+        state["expect"] = ends
+        if state["ends"] >= ends:
+            state["done"].set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(state["done"].wait(), timeout)
+        ws = state["ws"]
+        state["reader"].cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ws.close(), 2)
+        first, last = state["first"], state["last"]
+        return {
+            "events": state["count"],
+            "seconds": (last - first) if first and last else None,
+            "ends": state["ends"],
+            "error": state.get("error") or ("" if state["ends"] >= ends else "timed out"),
+            "close_code": ws.close_code,
+        }
+
+
+async def _serve(conn: Any) -> None:
+    worker = Worker()
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue[Any] = asyncio.Queue()
+
+    def receive() -> None:
+        """Blocking reads in a thread: the pipe stays in blocking mode, so large replies
+        (a step's records) are written whole."""
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                message = None  # the orchestrator is gone: exit
+            try:
+                loop.call_soon_threadsafe(inbox.put_nowait, message)
+            except RuntimeError:  # the loop is closed: the worker is exiting
+                return
+            if message is None or message[0] == "exit":
+                return
+
+    threading.Thread(target=receive, name="commands", daemon=True).start()
+    try:
+        while (message := await inbox.get()) is not None:
+            op, kwargs = message
+            if op == "exit":
+                break
+            try:
+                result = await getattr(worker, "op_" + op)(**kwargs)
+                conn.send(("ok", result))
+            except Exception:
+                conn.send(("error", traceback.format_exc()))
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(worker.close(), 5)
+
+
+def worker_main(conn: Any) -> None:
+    # Ctrl-C reaches the whole process group: the orchestrator alone decides when workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import uvloop
+
+        uvloop.run(_serve(conn))
+    except ImportError:  # pragma: no cover - uvloop comes with uvicorn[standard]
+        asyncio.run(_serve(conn))
+
+
+class WorkerError(RuntimeError):
+    pass
+
+
+class WorkerHandle:
+    """The orchestrator's side of one worker process."""
+
+    def __init__(self, name: str) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.name = name
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=worker_main, args=(child,), name=name, daemon=True)
+        self.process.start()
+        child.close()
+        self._lock = asyncio.Lock()
+
+    @property
+    def pid(self) -> int:
+        assert self.process.pid is not None
+        return self.process.pid
+
+    async def call(self, op: str, **kwargs: Any) -> Any:
+        async with self._lock:
+            self.conn.send((op, kwargs))
+            loop = asyncio.get_running_loop()
+            status, result = await loop.run_in_executor(None, self._recv)
+        if status == "error":
+            raise WorkerError(f"worker {self.name} failed in {op}:\n{result}")
+        return result
+
+    def _recv(self) -> Any:
+        while not self.conn.poll(0.5):
+            if not self.process.is_alive():
+                return ("error", f"exited with {self.process.exitcode}")
+        return self.conn.recv()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        if self.process.is_alive():
+            with contextlib.suppress(Exception):
+                self.conn.send(("exit", {}))
+            self.process.join(timeout)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(2)
+        if self.process.is_alive():
+            os.kill(self.pid, signal.SIGKILL)
+            self.process.join()
+        self.conn.close()
