@@ -4,13 +4,14 @@ under broadcast, api-docs, snapshots of broadcast channels)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from urllib.parse import parse_qsl, unquote
 
 import orjson
 from starlette.background import BackgroundTask
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from .apidocs import ApiDocsError, base_url_for, rewrite_document
@@ -44,7 +45,9 @@ MAX_BODY = 1024 * 1024  # ARI request bodies are small JSON/form documents
 # Asterisk refuses request lines over 4096 bytes with an HTML 400 ("Request line too long");
 # the proxy answers longer request targets itself, with a JSON 414.
 MAX_TARGET = 4000
-DRAIN_LIMIT = 8 * 1024 * 1024  # refused bodies up to this size are read so the 413 arrives
+# Refused bodies up to this size, arriving within this time, are read so the 413 arrives.
+DRAIN_LIMIT = 8 * 1024 * 1024
+DRAIN_SECONDS = 2.0
 # Asterisk answers a JSON or form body over 40960 bytes with 413 before reading it and closes
 # the connection, which races with the proxy still writing that body (a 502 about half the
 # time): the proxy gives Asterisk's answer itself instead of forwarding such a body.
@@ -210,12 +213,17 @@ class Passthrough:
 
 
 async def _drain(request: Request, size: int = 0) -> None:
-    """Read and drop a refused body (up to DRAIN_LIMIT) so the client, still sending it, can
-    read the 413 instead of having its connection reset."""
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > DRAIN_LIMIT:
-            return
+    """Read and drop a refused body (up to DRAIN_LIMIT, for DRAIN_SECONDS at most) so the
+    client, still sending it, can read the 413 instead of having its connection reset; a
+    client that declared a body and stalls gets its 413 when the time is up."""
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > DRAIN_LIMIT:
+                    return
+    except (TimeoutError, ClientDisconnect):
+        return
 
 
 def _relay(upstream, content: bytes) -> Response:  # type: ignore[no-untyped-def]
