@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 HANDOVER_WATCHDOG = 5.0  # seconds for the winner's StasisStart to show up after `continue`
 SWEEP_INTERVAL = 30.0  # how often claimed broadcasts are checked against live channels
+_NOTABLE_CLAIMS = frozenset({ClaimOutcome.WON, ClaimOutcome.NOT_OFFERED})
 
 
 def _log(level: int, channel_id: str, message: str, *args: object) -> None:
@@ -273,19 +274,22 @@ class BroadcastController:
         _log(logging.INFO, channel_id, "hung up during the broadcast")
         self._metrics.outcomes.labels("hangup").inc()
         self.presenter.forget(channel_id)
-        self._execute(self.core.channel_left(channel_id))
+        self._execute(self.core.channel_left(channel_id, self._now()))
 
     # -- claims -------------------------------------------------------------------------------
 
     def claim(self, channel_id: str, app: str) -> ClaimOutcome | None:
-        """Decide a claim; None means the proxy is not broadcasting that channel."""
-        broadcast = self.core.get(channel_id)
-        if broadcast is None:
+        """Decide a claim; None means the channel is not the proxy's (Asterisk answers)."""
+        now = self._now()
+        if not self.core.knows(channel_id, now):
             return None
-        outcome, commands = self.core.claim(channel_id, app, self._now())
-        _log(logging.INFO, channel_id, "claim by %r -> %d", app, outcome.value)
-        if outcome is ClaimOutcome.WON:
-            self._metrics.time_to_claim.observe(self._now() - broadcast.offered_at)
+        broadcast = self.core.get(channel_id)
+        outcome, commands = self.core.claim(channel_id, app, now)
+        # Losing claims (404/409: nine in ten under a race) only at DEBUG.
+        level = logging.INFO if outcome in _NOTABLE_CLAIMS else logging.DEBUG
+        _log(level, channel_id, "claim by %r -> %d", app, outcome.value)
+        if outcome is ClaimOutcome.WON and broadcast is not None:
+            self._metrics.time_to_claim.observe(now - broadcast.offered_at)
         self._execute(commands)
         return outcome
 
@@ -362,7 +366,7 @@ class BroadcastController:
             self._metrics.outcomes.labels("failed").inc()
             self.presenter.forget(channel_id)
             gone = result is HandOverResult.CHANNEL_GONE
-            self._execute(self.core.handover_failed(channel_id, channel_gone=gone))
+            self._execute(self.core.handover_failed(channel_id, gone, self._now()))
             return
         self._metrics.handover.observe(time.perf_counter() - claimed_at)
         self._metrics.outcomes.labels("claimed").inc()
@@ -414,7 +418,7 @@ class BroadcastController:
                         self._end_session(channel_id)
 
     def _end_session(self, channel_id: str) -> None:
-        if self.core.session_ended(channel_id) is not None:
+        if self.core.session_ended(channel_id, self._now()) is not None:
             self.presenter.forget(channel_id)
 
     # -- hooks into downstream sessions -------------------------------------------------------

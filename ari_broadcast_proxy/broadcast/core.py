@@ -5,20 +5,25 @@ Inputs are method calls that carry the current time (`offer`, `claim`, `expire`,
 commands (frozen dataclasses) that the I/O shell carries out in order. One `Broadcast`
 record per channel id, in one of three states:
 
-    OFFERED --claim--> CLAIMED --session_ended--> (removed: later claims 404)
-       |                  `--handover_failed--> ResumeDialplan(FAILED), removed
-       `--expire--> ResumeDialplan(TIMEOUT), removed
-       `--channel_left--> removed
+    OFFERED --claim--> CLAIMED --session_ended--> ended
+       |                  `--handover_failed--> ResumeDialplan(FAILED), ended
+       `--expire--> ResumeDialplan(TIMEOUT), ended
+       `--channel_left--> ended
 
 This mirrors res_stasis_broadcast: the verdict is taken once (a claim that lands after the
 deadline but before the timer fires still wins), a claimed channel answers 409 until the
 winner's Stasis session ends, and an ended broadcast answers 404.
+
+An ended broadcast is remembered for LINGER seconds (`knows`), so that the losers' late
+claims, which arrive by the thousand under load, are answered here with native's 404 rather
+than forwarded to Asterisk, which would only say the same after a round trip.
 """
 
 from __future__ import annotations
 
 import enum
 import random
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -40,6 +45,8 @@ __all__ = [
 ]
 
 C = TypeVar("C")
+
+LINGER = 10.0  # seconds an ended broadcast still answers its late claims itself
 
 
 class IllegalTransition(RuntimeError):
@@ -138,6 +145,8 @@ class BroadcastCore(Generic[C]):
     def __init__(self, rng: random.Random | None = None) -> None:
         self._rng = rng or random.Random()
         self._broadcasts: dict[str, Broadcast[C]] = {}
+        # Ended broadcasts: channel id -> when it ended, oldest first.
+        self._ended: OrderedDict[str, float] = OrderedDict()
         self._claimed = 0
 
     def __len__(self) -> int:
@@ -148,6 +157,12 @@ class BroadcastCore(Generic[C]):
 
     def channel_ids(self) -> list[str]:
         return list(self._broadcasts)
+
+    def knows(self, channel_id: str, now: float) -> bool:
+        """True while the channel is on offer or claimed, and for LINGER s after its broadcast
+        ended: claims for it are this core's to answer (others belong to Asterisk)."""
+        self._forget_ended(now)
+        return channel_id in self._broadcasts or channel_id in self._ended
 
     @property
     def claimed_count(self) -> int:
@@ -175,6 +190,7 @@ class BroadcastCore(Generic[C]):
             raise IllegalTransition(f"channel {channel_id} is already on offer")
         if previous is not None:
             self._claimed -= 1
+        self._ended.pop(channel_id, None)
         apps = sorted(set(recipients))
         self._rng.shuffle(apps)
         broadcast: Broadcast[C] = Broadcast(
@@ -219,10 +235,10 @@ class BroadcastCore(Generic[C]):
             raise IllegalTransition(
                 f"timer for {channel_id} fired {broadcast.deadline - now:.3f}s early"
             )
-        del self._broadcasts[channel_id]
+        self._end(channel_id, now)
         return [ResumeDialplan(broadcast, Verdict.TIMEOUT)]
 
-    def channel_left(self, channel_id: str) -> list[Command]:
+    def channel_left(self, channel_id: str, now: float) -> list[Command]:
         """The channel hung up or left the broadcast application on its own."""
         broadcast = self._broadcasts.get(channel_id)
         if broadcast is None:
@@ -230,13 +246,13 @@ class BroadcastCore(Generic[C]):
         if broadcast.state is State.CLAIMED:
             # Leaving the broadcast application is what the hand-over itself does.
             return []
-        del self._broadcasts[channel_id]
+        self._end(channel_id, now)
         return [CancelTimer(channel_id)]
 
-    def handover_failed(self, channel_id: str, channel_gone: bool) -> list[Command]:
+    def handover_failed(self, channel_id: str, channel_gone: bool, now: float) -> list[Command]:
         """The winner could not get the channel: FAILED, as native's stasis_app_exec failure."""
         broadcast = self._require(channel_id, State.CLAIMED)
-        del self._broadcasts[channel_id]
+        self._end(channel_id, now)
         self._claimed -= 1
         if channel_gone:
             return []
@@ -248,12 +264,12 @@ class BroadcastCore(Generic[C]):
         if broadcast is not None and broadcast.state is State.CLAIMED and broadcast.winner == app:
             broadcast.session_started = True
 
-    def session_ended(self, channel_id: str) -> Broadcast[C] | None:
-        """The winner's Stasis session ended (or the channel is gone): forget the broadcast."""
+    def session_ended(self, channel_id: str, now: float) -> Broadcast[C] | None:
+        """The winner's Stasis session ended (or the channel is gone): the broadcast ends."""
         broadcast = self._broadcasts.get(channel_id)
         if broadcast is None or broadcast.state is not State.CLAIMED:
             return None
-        del self._broadcasts[channel_id]
+        self._end(channel_id, now)
         self._claimed -= 1
         return broadcast
 
@@ -265,6 +281,16 @@ class BroadcastCore(Generic[C]):
                 del self._broadcasts[channel_id]
                 commands += [CancelTimer(channel_id), ResumeDialplan(broadcast, Verdict.TIMEOUT)]
         return commands
+
+    def _end(self, channel_id: str, now: float) -> None:
+        del self._broadcasts[channel_id]
+        self._ended[channel_id] = now
+        self._ended.move_to_end(channel_id)
+        self._forget_ended(now)
+
+    def _forget_ended(self, now: float) -> None:
+        while self._ended and next(iter(self._ended.values())) <= now - LINGER:
+            self._ended.popitem(last=False)
 
     def _require(self, channel_id: str, state: State) -> Broadcast[C]:
         broadcast = self._broadcasts.get(channel_id)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ari_broadcast_proxy.broadcast.core import (
+    LINGER,
     ArmTimer,
     BroadcastCore,
     CancelTimer,
@@ -109,7 +111,7 @@ def test_timer_firing_early_is_a_bug() -> None:
 
 def test_hangup_during_broadcast_ends_it_at_once() -> None:
     core = offered()
-    assert core.channel_left("chan-1") == [CancelTimer("chan-1")]
+    assert core.channel_left("chan-1", now=100.3) == [CancelTimer("chan-1")]
     assert core.claim("chan-1", "alpha", now=100.1)[0] is ClaimOutcome.NOT_FOUND
     assert core.expire("chan-1", now=100.5) == []
 
@@ -117,7 +119,7 @@ def test_hangup_during_broadcast_ends_it_at_once() -> None:
 def test_leaving_after_the_claim_is_the_hand_over_itself() -> None:
     core = offered()
     core.claim("chan-1", "alpha", now=100.1)
-    assert core.channel_left("chan-1") == []
+    assert core.channel_left("chan-1", now=100.3) == []
     assert core.claim("chan-1", "beta", now=100.2)[0] is ClaimOutcome.CONFLICT
 
 
@@ -126,14 +128,14 @@ def test_conflict_lasts_until_the_winners_session_ends() -> None:
     core.claim("chan-1", "alpha", now=100.1)
     core.session_started("chan-1", "alpha")
     assert core.get("chan-1").session_started
-    assert core.session_ended("chan-1") is not None
+    assert core.session_ended("chan-1", now=104) is not None
     assert core.claim("chan-1", "beta", now=105)[0] is ClaimOutcome.NOT_FOUND
 
 
 def test_failed_hand_over_resumes_with_failed() -> None:
     core = offered()
     core.claim("chan-1", "alpha", now=100.1)
-    commands = core.handover_failed("chan-1", channel_gone=False)
+    commands = core.handover_failed("chan-1", channel_gone=False, now=100.3)
     assert len(commands) == 1 and commands[0].verdict is Verdict.FAILED
     assert core.get("chan-1") is None
 
@@ -141,12 +143,12 @@ def test_failed_hand_over_resumes_with_failed() -> None:
 def test_failed_hand_over_of_a_gone_channel_needs_no_dialplan() -> None:
     core = offered()
     core.claim("chan-1", "alpha", now=100.1)
-    assert core.handover_failed("chan-1", channel_gone=True) == []
+    assert core.handover_failed("chan-1", channel_gone=True, now=100.3) == []
 
 
 def test_hand_over_failure_without_a_claim_is_illegal() -> None:
     with pytest.raises(IllegalTransition):
-        offered().handover_failed("chan-1", channel_gone=False)
+        offered().handover_failed("chan-1", channel_gone=False, now=100.3)
 
 
 def test_repeat_broadcast_on_the_same_channel_starts_fresh() -> None:
@@ -172,6 +174,59 @@ def test_drain_sends_offered_channels_back_and_keeps_claimed_ones() -> None:
     assert [type(c) for c in commands] == [CancelTimer, ResumeDialplan]
     assert commands[1].broadcast.channel_id == "a"
     assert core.get("b") is not None
+
+
+# -- ended broadcasts: late claims answered here for LINGER seconds ---------------------------
+
+
+def test_a_channel_never_offered_is_not_the_cores() -> None:
+    assert not offered().knows("other", now=100.1)
+
+
+@pytest.mark.parametrize(
+    "end",
+    [
+        lambda core: core.expire("chan-1", now=100.5),
+        lambda core: core.channel_left("chan-1", now=100.5),
+        lambda core: (
+            core.claim("chan-1", "alpha", now=100.2),
+            core.session_ended("chan-1", now=100.5),
+        ),
+        lambda core: (
+            core.claim("chan-1", "alpha", now=100.2),
+            core.handover_failed("chan-1", channel_gone=False, now=100.5),
+        ),
+    ],
+    ids=["timeout", "hangup", "session ended", "hand-over failed"],
+)
+def test_an_ended_broadcast_answers_late_claims_for_linger_seconds(
+    end: Callable[[BroadcastCore[str]], object],
+) -> None:
+    core = offered()
+    assert core.knows("chan-1", now=100.1)
+    end(core)
+    assert core.knows("chan-1", now=100.5 + LINGER - 0.01)
+    assert core.claim("chan-1", "beta", now=100.6)[0] is ClaimOutcome.NOT_FOUND
+    assert not core.knows("chan-1", now=100.5 + LINGER)
+
+
+def test_ended_broadcasts_are_forgotten_as_time_passes() -> None:
+    core: BroadcastCore[str] = BroadcastCore()
+    for n in range(1000):
+        core.offer(f"c{n}", "ctx", APPS, 500, False, now=n / 100)
+        core.expire(f"c{n}", now=n / 100 + 0.5)
+    late = 1000 / 100 + 0.5 + LINGER
+    core.offer("last", "ctx", APPS, 500, False, now=late)
+    core.expire("last", now=late + 0.5)  # ending one prunes the memory of the others
+    assert not any(core.knows(f"c{n}", now=late + 0.5) for n in range(1000))
+    assert len(core._ended) == 1
+
+
+def test_a_channel_offered_again_is_on_offer_not_ended() -> None:
+    core = offered()
+    core.expire("chan-1", now=100.5)
+    core.offer("chan-1", "ctx", APPS, 500, False, now=101.0)
+    assert core.claim("chan-1", "alpha", now=101.1)[0] is ClaimOutcome.WON
 
 
 # -- random interleavings ---------------------------------------------------------------------
@@ -205,16 +260,16 @@ def test_any_interleaving_has_at_most_one_winner_and_one_verdict(
         elif kind == "expire":
             commands = core.expire("chan-1", max(now, 100.5))
         elif kind == "left":
-            commands = core.channel_left("chan-1")
+            commands = core.channel_left("chan-1", now)
         elif kind == "ended":
-            core.session_ended("chan-1")
+            core.session_ended("chan-1", now)
             commands = []
         else:
             if broadcast is None or broadcast.state is not State.CLAIMED:
                 with pytest.raises(IllegalTransition):
-                    core.handover_failed("chan-1", channel_gone=False)
+                    core.handover_failed("chan-1", channel_gone=False, now=now)
                 continue
-            commands = core.handover_failed("chan-1", channel_gone=False)
+            commands = core.handover_failed("chan-1", channel_gone=False, now=now)
         verdicts += [c.verdict for c in commands if isinstance(c, ResumeDialplan)]
     assert len(winners) <= 1
     assert "intruder" not in winners
