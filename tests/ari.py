@@ -173,7 +173,7 @@ class Events:
                     self._arrived.notify_all()
 
     async def wait_for(
-        self, predicate: Callable[[dict[str, Any]], bool] | str, timeout: float = 5.0
+        self, predicate: Callable[[dict[str, Any]], bool] | str, timeout: float = 20.0
     ) -> dict[str, Any]:
         """The first recorded event matching (a type name or a predicate)."""
         check = (lambda e: e.get("type") == predicate) if isinstance(predicate, str) else predicate

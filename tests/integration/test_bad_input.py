@@ -275,7 +275,7 @@ async def test_bad_frames_get_asterisks_answer_and_the_socket_stays_open(
         ]
         for frame in bad:
             await ws.send(frame if isinstance(frame, str) else frame.decode("latin-1"))
-            answer = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            answer = json.loads(await asyncio.wait_for(ws.recv(), 20))
             assert answer["type"] == "RESTResponse"
             assert 400 <= answer["status_code"] < 500, answer
         claim = answer
@@ -291,7 +291,7 @@ async def test_bad_frames_get_asterisks_answer_and_the_socket_stays_open(
                 }
             )
         )
-        assert json.loads(await asyncio.wait_for(ws.recv(), 5))["status_code"] == 200
+        assert json.loads(await asyncio.wait_for(ws.recv(), 20))["status_code"] == 200
 
 
 async def test_oversized_frame_closes_with_1009(proxy: ProxyProcess, proxied: Ari) -> None:
@@ -300,7 +300,7 @@ async def test_oversized_frame_closes_with_1009(proxy: ProxyProcess, proxied: Ar
     ) as ws:
         await ws.send("x" * (2 * 1024 * 1024))
         with pytest.raises(ConnectionClosed):
-            await asyncio.wait_for(ws.recv(), 5)
+            await asyncio.wait_for(ws.recv(), 20)
         assert ws.close_code == 1009
     assert (await proxied.http.get("asterisk/ping")).status_code == 200
 

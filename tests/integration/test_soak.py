@@ -31,6 +31,13 @@ APPS = [f"soak-{i}" for i in range(10)]
 WS_CLAIMERS = set(APPS[::2])
 
 
+async def cancel_all(tasks: set[asyncio.Task[Any]]) -> None:
+    """Leave nothing running on the session's event loop for the tests after this one."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 @pytest.mark.timeout(600 + CALLS // 4)  # the calls at 4/s at worst, aiming at 40/s
 async def test_soak(asterisk: Asterisk, ari: Ari, proxy: ProxyProcess) -> None:
     await ari.set_native_modules(False)
@@ -54,6 +61,7 @@ async def test_soak(asterisk: Asterisk, ari: Ari, proxy: ProxyProcess) -> None:
             sockets = [await stack.enter_async_context(events(proxy.base, app)) for app in APPS]
             await asyncio.sleep(0.2)
             tasks: set[asyncio.Task[Any]] = set()
+            stack.push_async_callback(cancel_all, tasks)  # runs first: sockets are still open
 
             def spawn(coroutine: Any) -> None:
                 task = asyncio.create_task(coroutine)
@@ -138,9 +146,8 @@ async def test_soak(asterisk: Asterisk, ari: Ari, proxy: ProxyProcess) -> None:
 
             for client in sockets:
                 client._reader.cancel()  # this test reads the sockets itself, faster
-            loops = [
-                asyncio.create_task(app_loop(app, c)) for app, c in zip(APPS, sockets, strict=True)
-            ]
+            for app, client in zip(APPS, sockets, strict=True):
+                spawn(app_loop(app, client))
             slots = asyncio.Semaphore(IN_FLIGHT)
             started = time.monotonic()
             for n in range(CALLS):
@@ -159,8 +166,6 @@ async def test_soak(asterisk: Asterisk, ari: Ari, proxy: ProxyProcess) -> None:
             ):
                 await asyncio.sleep(0.2)
             rss["end"] = process.memory_info().rss
-            for loop in loops:
-                loop.cancel()
     finally:
         await ari.set_native_modules(True)
 

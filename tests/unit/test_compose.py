@@ -400,7 +400,7 @@ async def _run_app(
     ) as client:
         app = racing_app.RacingApp(settings, client)
         await drive(app)
-        await asyncio.wait_for(asyncio.gather(*app._tasks), timeout=5)
+        await asyncio.wait_for(asyncio.gather(*app._tasks), timeout=20)
 
 
 @pytest.mark.parametrize(
