@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 
 import orjson
 
-__all__ = ["configure_logging"]
+__all__ = ["RedactCredentials", "configure_logging"]
+
+_API_KEY = re.compile(r"(api_key=)[^&\s\"']*", re.IGNORECASE)
+
+
+class RedactCredentials(logging.Filter):
+    """Blank `api_key=user:password` wherever a library logs a URL (uvicorn logs every
+    accepted WebSocket with its query string)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "api_key=" in message.lower():
+            record.msg, record.args = _API_KEY.sub(r"\1<redacted>", message), None
+        return True
+
+
+def _not_a_websocket_access_line(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith('%s - "WebSocket %s"')
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,6 +46,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str, as_json: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RedactCredentials())
     handler.setFormatter(
         JsonFormatter()
         if as_json
@@ -36,8 +55,10 @@ def configure_logging(level: str, as_json: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # uvicorn's access log would print every request (and api_key query strings): off.
+    # uvicorn's access log would print every request (and api_key query strings): off, and
+    # so are its WebSocket access lines, which it logs as errors (sessions log their own).
     logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("uvicorn.error").addFilter(_not_a_websocket_access_line)
     # httpx logs every request URL at INFO, query strings (api_key=user:password) included.
     for noisy in ("httpx", "httpcore", "websockets"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,50 @@
+"""Credentials never reach the log, whichever library logs a URL."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pytest
+
+from ari_broadcast_proxy.logs import RedactCredentials, configure_logging
+
+
+def record(msg: str, *args: object, name: str = "any") -> logging.LogRecord:
+    return logging.LogRecord(name, logging.INFO, __file__, 1, msg, args, None)
+
+
+@pytest.mark.parametrize(
+    ("msg", "args", "expected"),
+    [
+        ("GET %s", ("/ari/x?api_key=u:p&app=a",), "GET /ari/x?api_key=<redacted>&app=a"),
+        ('"%s"', ("/ari/events?app=a&API_KEY=u:p",), '"/ari/events?app=a&API_KEY=<redacted>"'),
+        ("no credentials %d", (3,), "no credentials 3"),
+    ],
+)
+def test_api_key_values_are_redacted(msg: str, args: tuple[object, ...], expected: str) -> None:
+    entry = record(msg, *args)
+    assert RedactCredentials().filter(entry)
+    assert entry.getMessage() == expected
+
+
+def test_uvicorn_websocket_access_lines_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        configure_logging("info", as_json=False)
+        uvicorn = logging.getLogger("uvicorn.error")
+        uvicorn.info('%s - "WebSocket %s" [accepted]', "127.0.0.1:1", "/ari/events?api_key=u:p")
+        uvicorn.info("Started server process [%d]", 42)
+        logging.getLogger("other").info("url %s", "/ari?api_key=u:p")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        uvicorn.filters.clear()
+    out = stream.getvalue()
+    assert "WebSocket" not in out
+    assert "Started server process [42]" in out
+    assert "url /ari?api_key=<redacted>" in out
+    assert "u:p" not in out
