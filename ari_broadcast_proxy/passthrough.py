@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Iterable
 from urllib.parse import parse_qsl, unquote
 
 import orjson
@@ -22,7 +23,7 @@ from .broadcast.presentation import Presenter
 from .errors import BadRequest, ProxyError, UpstreamError, json_error
 from .upstream.rest import UpstreamRest
 
-__all__ = ["Passthrough"]
+__all__ = ["Passthrough", "end_to_end_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ class Passthrough:
     async def _send(self, request: Request, path: str, body: bytes, stream: bool = False):  # type: ignore[no-untyped-def]
         raw_path = (request.scope.get("raw_path") or request.url.path.encode()).decode("latin-1")
         url = raw_path[len("/ari/") :] + ("?" + request.url.query if request.url.query else "")
-        headers = [(k, v) for k, v in request.headers.items() if k not in HOP_BY_HOP]
+        headers = end_to_end_headers(request.headers.items(), request.headers.get("connection"))
         upstream_request = self._rest.client.build_request(
             request.method, url, headers=headers, content=body
         )
@@ -184,7 +185,9 @@ class Passthrough:
         upstream = await self._send(request, path, body, stream=True)
         length = upstream.headers.get("content-length")
         if length is None or not length.isdigit() or int(length) > BUFFER_LIMIT:
-            headers = {k: v for k, v in upstream.headers.items() if k not in HOP_BY_HOP}
+            headers = dict(
+                end_to_end_headers(upstream.headers.items(), upstream.headers.get("connection"))
+            )
             return StreamingResponse(
                 upstream.aiter_raw(),
                 upstream.status_code,
@@ -226,11 +229,21 @@ async def _drain(request: Request, size: int = 0) -> None:
         return
 
 
+def end_to_end_headers(
+    headers: Iterable[tuple[str, str]], connection: str | None, *drop: str
+) -> list[tuple[str, str]]:
+    """The headers a proxy passes on: not the hop-by-hop ones, neither the fixed set nor
+    those the Connection header names (RFC 9110, 7.6.1), nor `drop`."""
+    named = {token.strip().lower() for token in (connection or "").split(",")}
+    named.update(drop)
+    return [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and k.lower() not in named]
+
+
 def _relay(upstream, content: bytes) -> Response:  # type: ignore[no-untyped-def]
-    headers = {
-        k: v for k, v in upstream.headers.items() if k not in HOP_BY_HOP and k != "content-encoding"
-    }
-    return Response(content, upstream.status_code, headers)
+    headers = end_to_end_headers(
+        upstream.headers.items(), upstream.headers.get("connection"), "content-encoding"
+    )
+    return Response(content, upstream.status_code, dict(headers))
 
 
 def _claim_response(answer: ClaimAnswer) -> Response:
