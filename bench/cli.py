@@ -100,23 +100,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def revision() -> str:
     """The proxy's commit, and whether its code differs from it (read-only git)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
+
     try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "ari_broadcast_proxy"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
+        sha = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "--", "ari_broadcast_proxy")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return sha + (" + uncommitted changes in ari_broadcast_proxy/" if dirty else "")

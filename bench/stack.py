@@ -10,9 +10,7 @@ import asyncio
 import contextlib
 import ctypes
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,33 +18,13 @@ from typing import Any
 import httpx
 import psutil
 
+from tests.ari import NATIVE_MODULES, free_port, proxy_command
+
 ROOT = Path(__file__).resolve().parent.parent
 SANDBOX = ROOT / "scripts" / "asterisk-sandbox"
 OVERLAY = Path(__file__).resolve().parent / "asterisk-conf"
 CACHE = Path("/var/cache/ari-broadcast-proxy/asterisk-sid")
 ADMIN = ("asterisk", "asterisk")
-PROXY_USER = ("broadcast-proxy", "broadcast-proxy")
-NATIVE_MODULES = ("app_stasis_broadcast.so", "res_stasis_broadcast.so")
-
-
-def free_port(span: int = 1) -> int:
-    """A port P such that P..P+span-1 are free on loopback right now (TCP and UDP)."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        if port + span > 65535:
-            continue
-        try:
-            for offset in range(span):
-                with socket.socket() as s, socket.socket(type=socket.SOCK_DGRAM) as u:
-                    if offset:
-                        s.bind(("127.0.0.1", port + offset))
-                    u.bind(("127.0.0.1", port + offset))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port range on 127.0.0.1")
 
 
 def _die_with_parent() -> None:
@@ -130,20 +108,7 @@ class ProxyInstance:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ari_broadcast_proxy",
-                "--upstream",
-                upstream,
-                "--username",
-                PROXY_USER[0],
-                "--password",
-                PROXY_USER[1],
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                *extra,
-            ],
+            proxy_command(upstream, self.port, *extra),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,

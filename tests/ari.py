@@ -7,6 +7,7 @@ import contextlib
 import json
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -20,11 +21,13 @@ from websockets.asyncio.client import ClientConnection, connect
 ROOT = Path(__file__).resolve().parent.parent
 SANDBOX = ROOT / "scripts" / "asterisk-sandbox"
 USER, PASSWORD = "asterisk", "asterisk"
+PROXY_USER = ("broadcast-proxy", "broadcast-proxy")
 NATIVE_MODULES = ("app_stasis_broadcast.so", "res_stasis_broadcast.so")
 
 
 def free_port(span: int = 1) -> int:
-    """A port P such that P..P+span-1 are all free on loopback right now."""
+    """A port P such that P..P+span-1 are free on loopback right now (TCP and UDP: Asterisk
+    takes its HTTP port over TCP and its SIP port, P+2, over UDP)."""
     for _ in range(100):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
@@ -32,14 +35,33 @@ def free_port(span: int = 1) -> int:
         if port + span > 65535:
             continue
         try:
-            for offset in range(1, span):
+            for offset in range(span):
                 with socket.socket() as s, socket.socket(type=socket.SOCK_DGRAM) as u:
-                    s.bind(("127.0.0.1", port + offset))
+                    if offset:
+                        s.bind(("127.0.0.1", port + offset))
                     u.bind(("127.0.0.1", port + offset))
         except OSError:
             continue
         return port
-    raise RuntimeError("no free port range")
+    raise RuntimeError("no free port range on 127.0.0.1")
+
+
+def proxy_command(upstream: str, port: int, *extra: str) -> list[str]:
+    """The proxy's real CLI with its own ARI user, as the tests and the benchmark start it."""
+    return [
+        sys.executable,
+        "-m",
+        "ari_broadcast_proxy",
+        "--upstream",
+        upstream,
+        "--username",
+        PROXY_USER[0],
+        "--password",
+        PROXY_USER[1],
+        "--listen",
+        f"127.0.0.1:{port}",
+        *extra,
+    ]
 
 
 @dataclass

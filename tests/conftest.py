@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,9 +12,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .ari import ROOT, Ari, Asterisk, free_port, start_asterisk, stop_asterisk
-
-PROXY_USER = ("broadcast-proxy", "broadcast-proxy")
+from .ari import (
+    ROOT,
+    Ari,
+    Asterisk,
+    free_port,
+    proxy_command,
+    start_asterisk,
+    stop_asterisk,
+)
 
 
 @pytest.fixture(scope="session")
@@ -36,20 +41,7 @@ class ProxyProcess:
         self.log_path = log_path
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ari_broadcast_proxy",
-                "--upstream",
-                asterisk.base,
-                "--username",
-                PROXY_USER[0],
-                "--password",
-                PROXY_USER[1],
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                *extra,
-            ],
+            proxy_command(asterisk.base, self.port, *extra),
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
