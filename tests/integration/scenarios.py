@@ -269,7 +269,7 @@ async def no_matching_application(target: Target) -> Observation:
 async def timeout_then_late_claim(target: Target) -> Observation:
     ids: dict[str, str] = {}
     async with apps(target, "sleepy") as sockets:
-        call = await place_call(target, "700")
+        call = await place_call(target, "550")  # 250 ms inside its timing bucket
         offer = await sockets["sleepy"].wait_for("CallBroadcast")
         status, elapsed = await result(target, call)
         late = await claim(target.apps_ari, offer["channel"]["id"], "sleepy")
