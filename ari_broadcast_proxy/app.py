@@ -134,6 +134,7 @@ def create_app(config: Config, transport: httpx.AsyncBaseTransport | None = None
             Route("/metrics", proxy.metrics_endpoint),
             WebSocketRoute("/ari/events", proxy.sessions.endpoint),
             Route("/ari/{path:path}", proxy.passthrough.handle, methods=ALL_METHODS),
+            WebSocketRoute("/ari/{path:path}", proxy.passthrough.handle_upgrade),
         ],
         lifespan=proxy.lifespan,
     )

@@ -14,6 +14,8 @@ import orjson
 from starlette.background import BackgroundTask
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Message
+from starlette.websockets import WebSocket
 
 from .apidocs import ApiDocsError, base_url_for, rewrite_document
 from .auth import AccessDenied, Credentials, WriteAccess
@@ -110,6 +112,13 @@ class Passthrough:
         except ProxyError as exc:
             log.warning("%s /ari/%s -> %d %s", request.method, path, exc.status, exc.message)
             return exc.response()
+
+    async def handle_upgrade(self, websocket: WebSocket) -> None:
+        """A WebSocket upgrade on a REST path: Asterisk ignores the upgrade and answers the
+        GET, so the proxy does the same (instead of refusing the handshake)."""
+        scope = {**websocket.scope, "type": "http", "method": "GET"}
+        response = await self.handle(Request(scope, _no_body))
+        await websocket.send_denial_response(response)
 
     # -- the broadcast feature's own answers --------------------------------------------------
 
@@ -213,6 +222,10 @@ class Passthrough:
         elif path.startswith("channels") and len(self._presenter):
             content = self._presenter.body(content)
         return _relay(upstream, content)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 async def _drain(request: Request, size: int = 0) -> None:

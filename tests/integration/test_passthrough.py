@@ -244,6 +244,22 @@ async def test_hop_by_hop_request_headers_change_nothing(ari: Ari, proxied: Ari)
         assert_same(direct, through)
 
 
+@pytest.mark.parametrize("path", ["asterisk/ping", "channels/nope", "nonsense"])
+async def test_websocket_upgrade_on_a_rest_path_is_answered_as_asterisk_does(
+    ari: Ari, proxied: Ari, path: str
+) -> None:
+    """Asterisk ignores an upgrade it has no WebSocket for and answers the GET."""
+    headers = {
+        "Connection": "Upgrade",
+        "Upgrade": "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": base64.b64encode(b"sixteen byte key").decode(),
+    }
+    direct, through = await both(ari, proxied, "GET", path, headers=headers)
+    assert direct.status_code in (200, 404)
+    assert_same(direct, through)
+
+
 # -- authentication -----------------------------------------------------------------------------
 
 
