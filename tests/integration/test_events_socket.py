@@ -216,10 +216,18 @@ async def test_application_replaced_as_with_asterisk(
     assert seen["proxy"] == seen["direct"]
 
 
-async def rest_over_socket(base: str, app: str, request: dict[str, Any]) -> dict[str, Any]:
-    async with events(base, app) as client:
-        await client.socket.send(json.dumps({"type": "RESTRequest", **request}))
-        return await client.wait_for("RESTResponse")
+async def rest_over_socket(
+    base: str, app: str, request: dict[str, Any], attempts: int = 1
+) -> dict[str, Any]:
+    for attempt in range(attempts):
+        async with events(base, app) as client:
+            await client.socket.send(json.dumps({"type": "RESTRequest", **request}))
+            try:
+                return await client.wait_for("RESTResponse", timeout=10)
+            except TimeoutError:
+                if attempt + 1 == attempts:
+                    raise
+    raise AssertionError("no attempt")
 
 
 @pytest.mark.parametrize(
@@ -232,7 +240,14 @@ async def test_rest_request_round_trip(
     app = f"ws-rest-{token()}"
     request = {"transaction_id": token(), "request_id": token(), "method": method, "uri": uri}
     through = await rest_over_socket(proxy.base, app, request)
-    direct = await rest_over_socket(asterisk.base, app, request)
+    # The proxy's upstream socket for `app` must be gone before Asterisk sees it again.
+    async with asyncio.timeout(10):
+        while (await ari.http.get(f"applications/{app}")).status_code != 404:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    # Straight to Asterisk, a second try on a fresh socket: in one full run here Asterisk left
+    # the request on a new socket unanswered (never reproduced in isolation, see the closing
+    # note of stop 8). The proxied leg gets no second try.
+    direct = await rest_over_socket(asterisk.base, app, request, attempts=2)
     assert through["transaction_id"] == request["transaction_id"]
     assert through["request_id"] == request["request_id"]
     assert through["status_code"] == direct["status_code"] == status
