@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Mapping
 from urllib.parse import parse_qsl, unquote
 
 import orjson
@@ -180,7 +180,7 @@ class Passthrough:
     async def _send(self, request: Request, path: str, body: bytes, stream: bool = False):  # type: ignore[no-untyped-def]
         raw_path = (request.scope.get("raw_path") or request.url.path.encode()).decode("latin-1")
         url = raw_path[len("/ari/") :] + ("?" + request.url.query if request.url.query else "")
-        headers = end_to_end_headers(request.headers.items(), request.headers.get("connection"))
+        headers = end_to_end_headers(request.headers)
         upstream_request = self._rest.client.build_request(
             request.method, url, headers=headers, content=body
         )
@@ -194,9 +194,7 @@ class Passthrough:
         upstream = await self._send(request, path, body, stream=True)
         length = upstream.headers.get("content-length")
         if length is None or not length.isdigit() or int(length) > BUFFER_LIMIT:
-            headers = dict(
-                end_to_end_headers(upstream.headers.items(), upstream.headers.get("connection"))
-            )
+            headers = dict(end_to_end_headers(upstream.headers))
             return StreamingResponse(
                 upstream.aiter_raw(),
                 upstream.status_code,
@@ -242,20 +240,18 @@ async def _drain(request: Request, size: int = 0) -> None:
         return
 
 
-def end_to_end_headers(
-    headers: Iterable[tuple[str, str]], connection: str | None, *drop: str
-) -> list[tuple[str, str]]:
+def end_to_end_headers(headers: Mapping[str, str], *drop: str) -> list[tuple[str, str]]:
     """The headers a proxy passes on: not the hop-by-hop ones, neither the fixed set nor
     those the Connection header names (RFC 9110, 7.6.1), nor `drop`."""
-    named = {token.strip().lower() for token in (connection or "").split(",")}
+    named = {token.strip().lower() for token in headers.get("connection", "").split(",")}
     named.update(drop)
-    return [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP and k.lower() not in named]
+    return [
+        (k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named
+    ]
 
 
 def _relay(upstream, content: bytes) -> Response:  # type: ignore[no-untyped-def]
-    headers = end_to_end_headers(
-        upstream.headers.items(), upstream.headers.get("connection"), "content-encoding"
-    )
+    headers = end_to_end_headers(upstream.headers, "content-encoding")
     return Response(content, upstream.status_code, dict(headers))
 
 
