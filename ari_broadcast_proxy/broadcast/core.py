@@ -253,7 +253,6 @@ class BroadcastCore(Generic[C]):
         """The winner could not get the channel: FAILED, as native's stasis_app_exec failure."""
         broadcast = self._require(channel_id, State.CLAIMED)
         self._end(channel_id, now)
-        self._claimed -= 1
         if channel_gone:
             return []
         return [ResumeDialplan(broadcast, Verdict.FAILED)]
@@ -270,7 +269,6 @@ class BroadcastCore(Generic[C]):
         if broadcast is None or broadcast.state is not State.CLAIMED:
             return None
         self._end(channel_id, now)
-        self._claimed -= 1
         return broadcast
 
     def drain(self) -> list[Command]:
@@ -283,7 +281,8 @@ class BroadcastCore(Generic[C]):
         return commands
 
     def _end(self, channel_id: str, now: float) -> None:
-        del self._broadcasts[channel_id]
+        if self._broadcasts.pop(channel_id).state is State.CLAIMED:
+            self._claimed -= 1
         self._ended[channel_id] = now
         self._ended.move_to_end(channel_id)
         self._forget_ended(now)

@@ -129,6 +129,7 @@ def test_conflict_lasts_until_the_winners_session_ends() -> None:
     core.session_started("chan-1", "alpha")
     assert core.get("chan-1").session_started
     assert core.session_ended("chan-1", now=104) is not None
+    assert core.claimed_count == 0
     assert core.claim("chan-1", "beta", now=105)[0] is ClaimOutcome.NOT_FOUND
 
 
@@ -137,6 +138,7 @@ def test_failed_hand_over_resumes_with_failed() -> None:
     core.claim("chan-1", "alpha", now=100.1)
     commands = core.handover_failed("chan-1", channel_gone=False, now=100.3)
     assert len(commands) == 1 and commands[0].verdict is Verdict.FAILED
+    assert core.claimed_count == 0
     assert core.get("chan-1") is None
 
 
