@@ -24,6 +24,7 @@ backtracking search can be exponential where glibc's is not (``^(a|aa)*$``), hen
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
@@ -868,22 +869,8 @@ class AppFilter:
         name). An empty pattern matches everything silently. A rejected or uncompilable one
         also matches everything, with two warnings.
         """
-        text = pattern.split("\0", 1)[0]  # what the C string holds, and so what native logs
-        if not text:
-            return cls(pattern, FilterState.NONE, timeout=timeout), []
-        fallback = "proceeding without application filtering due to invalid regex"
-        reason = validate_pattern(pattern)
-        if reason is not None:
-            warning = f"rejecting app_filter regex as potentially dangerous: {text}"
-            rejected = cls(pattern, FilterState.REJECTED, reason=reason, timeout=timeout)
-            return rejected, [warning, fallback]
-        try:
-            ere = Ere(pattern)
-        except EreError as exc:
-            warning = f"failed to compile app_filter regex '{text}'"
-            invalid = cls(pattern, FilterState.INVALID, reason=exc.code.name, timeout=timeout)
-            return invalid, [warning, fallback]
-        return cls(pattern, FilterState.ACTIVE, ere, timeout=timeout), []
+        state, ere, reason, warnings = _judge(pattern)
+        return cls(pattern, state, ere, reason=reason, timeout=timeout), list(warnings)
 
     @property
     def active(self) -> bool:
@@ -909,3 +896,23 @@ class AppFilter:
 
     def __repr__(self) -> str:
         return f"AppFilter({self.pattern!r}, {self.state.name})"
+
+
+@functools.lru_cache(maxsize=256)
+def _judge(pattern: str) -> tuple[FilterState, Ere | None, str | None, tuple[str, ...]]:
+    """Native's verdict on a pattern, compiled once: a dialplan uses a handful of filters,
+    and validating and translating one costs far more than the rest of a broadcast."""
+    text = pattern.split("\0", 1)[0]  # what the C string holds, and so what native logs
+    if not text:
+        return FilterState.NONE, None, None, ()
+    fallback = "proceeding without application filtering due to invalid regex"
+    reason = validate_pattern(pattern)
+    if reason is not None:
+        warning = f"rejecting app_filter regex as potentially dangerous: {text}"
+        return FilterState.REJECTED, None, reason, (warning, fallback)
+    try:
+        ere = Ere(pattern)
+    except EreError as exc:
+        warning = f"failed to compile app_filter regex '{text}'"
+        return FilterState.INVALID, None, exc.code.name, (warning, fallback)
+    return FilterState.ACTIVE, ere, None, ()
