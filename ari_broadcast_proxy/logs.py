@@ -1,14 +1,20 @@
-"""Logging set-up: one line per event, plain or JSON."""
+"""Logging set-up: one line per event, plain or JSON, written off the event loop.
+
+Records are handed to a writer thread as they are; formatting them and writing to stderr
+(a pipe or a journal that may block) happen there, so a log line never delays a broadcast.
+"""
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
+import queue
 import re
 import sys
 
 import orjson
 
-__all__ = ["RedactCredentials", "configure_logging"]
+__all__ = ["LogWriter", "RedactCredentials", "configure_logging"]
 
 _API_KEY = re.compile(r"(api_key=)[^&\s\"']*", re.IGNORECASE)
 
@@ -44,7 +50,61 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry).decode()
 
 
-def configure_logging(level: str, as_json: bool) -> None:
+BACKLOG = 10_000  # records waiting for the writer thread before new ones are dropped
+
+
+class _HandOff(logging.handlers.QueueHandler):
+    """Queues each record unformatted (QueueHandler would format it here, on the loop); a
+    full queue drops the record rather than stall the proxy, and says so once it drains."""
+
+    def __init__(self, backlog: queue.Queue[logging.LogRecord]) -> None:
+        super().__init__(backlog)
+        self.dropped = 0
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        try:
+            if self.dropped:
+                note = logging.makeLogRecord(
+                    {
+                        "name": __name__,
+                        "levelno": logging.WARNING,
+                        "levelname": "WARNING",
+                        "msg": f"{self.dropped} log line(s) dropped: stderr did not keep up",
+                    }
+                )
+                self.queue.put_nowait(note)
+                self.dropped = 0
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+class LogWriter:
+    """The writer thread; `stop()` writes what is still queued, ends it, and from then on
+    the root logger writes directly (the process is exiting)."""
+
+    def __init__(self, handler: logging.Handler) -> None:
+        backlog: queue.Queue[logging.LogRecord] = queue.Queue(BACKLOG)
+        self.hand_off = _HandOff(backlog)
+        self._handler = handler
+        self._listener = logging.handlers.QueueListener(backlog, handler)
+        self._listener.start()
+        self._running = True
+
+    def stop(self) -> None:
+        if self._running:
+            self._running = False
+            self._listener.stop()
+            root = logging.getLogger()
+            root.handlers[:] = [self._handler if h is self.hand_off else h for h in root.handlers]
+
+
+def configure_logging(level: str, as_json: bool) -> LogWriter:
+    """Route every log line through a writer thread to stderr; call `stop()` on the result
+    at exit so the last lines are written."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RedactCredentials())
     handler.setFormatter(
@@ -52,8 +112,9 @@ def configure_logging(level: str, as_json: bool) -> None:
         if as_json
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     )
+    writer = LogWriter(handler)
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    root.handlers[:] = [writer.hand_off]
     root.setLevel(level.upper())
     # uvicorn's access log would print every request (and api_key query strings): off, and
     # so are its WebSocket access lines, which it logs as errors (sessions log their own).
@@ -62,3 +123,4 @@ def configure_logging(level: str, as_json: bool) -> None:
     # httpx logs every request URL at INFO, query strings (api_key=user:password) included.
     for noisy in ("httpx", "httpcore", "websockets"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    return writer

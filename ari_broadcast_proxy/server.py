@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
+from collections.abc import Iterator
 
 import uvicorn
 
 from .app import Proxy, create_app
 from .config import Config
 from .errors import ConfigError
-from .logs import configure_logging
+from .logs import LogWriter, configure_logging
 
 __all__ = ["bind", "run"]
 
@@ -37,9 +39,20 @@ class ProxyServer(uvicorn.Server):
     calls on offer to the dialplan, close client sockets with 1001 (uvicorn's own would be
     1012), then let uvicorn finish HTTP requests and run the lifespan shutdown."""
 
-    def __init__(self, config: uvicorn.Config, proxy: Proxy) -> None:
+    def __init__(self, config: uvicorn.Config, proxy: Proxy, logs: LogWriter) -> None:
         super().__init__(config)
         self._proxy = proxy
+        self._logs = logs
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """As uvicorn's, which re-raises a caught SIGTERM/SIGINT once the server is done
+        (ending the process there): the last log lines are written before that."""
+        with super().capture_signals():
+            try:
+                yield
+            finally:
+                self._logs.stop()
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
@@ -49,7 +62,14 @@ class ProxyServer(uvicorn.Server):
 
 
 def run(config: Config) -> None:
-    configure_logging(config.log_level, config.log_json)
+    logs = configure_logging(config.log_level, config.log_json)
+    try:
+        _serve(config, logs)
+    finally:
+        logs.stop()
+
+
+def _serve(config: Config, logs: LogWriter) -> None:
     sock = bind(config.listen_host, config.listen_port)
     app = create_app(config)
     server = ProxyServer(
@@ -71,7 +91,8 @@ def run(config: Config) -> None:
             timeout_keep_alive=75,
             access_log=False,
         ),
-        app.state.proxy,
+        app.proxy,
+        logs,
     )
     log.info(
         "ari-broadcast-proxy listening on http://%s:%d/ari, upstream %s, broadcast application %r",

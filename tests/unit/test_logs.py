@@ -33,13 +33,16 @@ def test_uvicorn_websocket_access_lines_are_dropped(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr("sys.stderr", stream)
     root = logging.getLogger()
     saved = root.handlers[:], root.level
+    writer = None
     try:
-        configure_logging("info", as_json=False)
+        writer = configure_logging("info", as_json=False)
         uvicorn = logging.getLogger("uvicorn.error")
         uvicorn.info('%s - "WebSocket %s" [accepted]', "127.0.0.1:1", "/ari/events?api_key=u:p")
         uvicorn.info("Started server process [%d]", 42)
         logging.getLogger("other").info("url %s", "/ari?api_key=u:p")
     finally:
+        if writer is not None:
+            writer.stop()  # writes what is still queued
         root.handlers[:], level = saved
         root.setLevel(level)
         uvicorn.filters.clear()
