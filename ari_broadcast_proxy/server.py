@@ -81,6 +81,9 @@ def _serve(config: Config, logs: LogWriter) -> None:
             # upgrade request whose request line exceeds 8 KiB; wsproto relays as fast here.
             ws="wsproto",
             ws_max_size=1024 * 1024,
+            # Asterisk's ARI WebSocket never negotiates permessage-deflate; neither does the
+            # proxy (it would cost zlib on every event frame, on both ends).
+            ws_per_message_deflate=False,
             ws_ping_interval=None,
             proxy_headers=False,
             server_header=False,
