@@ -70,15 +70,14 @@ class ClaimService:
                 body = response.json()
             except ValueError:
                 body = {"message": response.text}
-            headers = {}
-            if "www-authenticate" in response.headers:
-                headers["www-authenticate"] = response.headers["www-authenticate"]
+            challenge = response.header("www-authenticate")
+            headers = {"www-authenticate": challenge} if challenge is not None else {}
             return ClaimAnswer(response.status_code, body, headers)
         try:
             claim = claim_params(params, json_body)
         except BadRequest as exc:
             return ClaimAnswer(400, {"message": exc.message})
-        outcome = self._controller.claim(claim.channel_id, claim.application)
+        outcome = await self._controller.claim(claim.channel_id, claim.application)
         if outcome is None:
             return None
         if outcome is ClaimOutcome.WON:
