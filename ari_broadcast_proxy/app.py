@@ -6,11 +6,11 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
-import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 
 from .auth import WriteAccess
 from .broadcast.claims import ClaimService
@@ -25,20 +25,18 @@ from .registry import AppRegistry
 from .sessions import SessionManager
 from .upstream.rest import UpstreamRest
 
-__all__ = ["Proxy", "create_app"]
+__all__ = ["Proxy", "ProxyApp", "create_app"]
 
 log = logging.getLogger(__name__)
-
-ALL_METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
 
 
 class Proxy:
     """Every long-lived component of one proxy instance."""
 
-    def __init__(self, config: Config, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.rest = UpstreamRest(config, self.metrics, transport)
+        self.rest = UpstreamRest(config, self.metrics)
         self.registry = AppRegistry()
         self.presenter = Presenter(config.broadcast_app, config.subroutine_context)
         self.controller = BroadcastController(
@@ -125,18 +123,31 @@ class Proxy:
         return Response(self.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
-def create_app(config: Config, transport: httpx.AsyncBaseTransport | None = None) -> Starlette:
-    proxy = Proxy(config, transport)
-    app = Starlette(
-        routes=[
-            Route("/healthz", proxy.healthz),
-            Route("/readyz", proxy.readyz),
-            Route("/metrics", proxy.metrics_endpoint),
-            WebSocketRoute("/ari/events", proxy.sessions.endpoint),
-            Route("/ari/{path:path}", proxy.passthrough.handle, methods=ALL_METHODS),
-            WebSocketRoute("/ari/{path:path}", proxy.passthrough.handle_upgrade),
-        ],
-        lifespan=proxy.lifespan,
-    )
-    app.state.proxy = proxy
-    return app
+class ProxyApp:
+    """The ASGI application: ARI REST calls go straight to the passthrough (the hot path,
+    no routing or middleware in between); Starlette serves the rest (events sockets,
+    health, metrics, lifespan)."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self._passthrough = proxy.passthrough
+        self._routes = Starlette(
+            routes=[
+                Route("/healthz", proxy.healthz),
+                Route("/readyz", proxy.readyz),
+                Route("/metrics", proxy.metrics_endpoint),
+                WebSocketRoute("/ari/events", proxy.sessions.endpoint),
+                WebSocketRoute("/ari/{path:path}", proxy.passthrough.handle_upgrade),
+            ],
+            lifespan=proxy.lifespan,
+        )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/ari/"):
+            await self._passthrough(scope, receive, send)
+        else:
+            await self._routes(scope, receive, send)
+
+
+def create_app(config: Config) -> ProxyApp:
+    return ProxyApp(Proxy(config))

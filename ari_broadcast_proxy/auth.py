@@ -11,12 +11,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import httpx
-
-from .upstream.rest import UpstreamRest
+from .upstream.rest import HttpResponse, UpstreamRest
 
 __all__ = ["AccessDenied", "Credentials", "WriteAccess"]
 
@@ -29,10 +27,6 @@ class Credentials:
 
     authorization: str | None
     api_key: str | None
-
-    @classmethod
-    def from_request(cls, headers: Mapping[str, str], query: Mapping[str, str]) -> Credentials:
-        return cls(headers.get("authorization"), query.get("api_key"))
 
     @property
     def present(self) -> bool:
@@ -58,7 +52,7 @@ class Credentials:
 class AccessDenied(Exception):
     """Asterisk's own refusal (401/403), to be relayed to the client unchanged."""
 
-    def __init__(self, response: httpx.Response) -> None:
+    def __init__(self, response: HttpResponse) -> None:
         super().__init__(f"upstream refused the credentials with {response.status_code}")
         self.response = response
 
@@ -81,24 +75,18 @@ class WriteAccess:
         expiry = self._granted.get(key)
         if expiry is not None and expiry > now:
             return
-        headers = (
-            {"authorization": credentials.authorization} if credentials.authorization else None
-        )
         params = {"channelId": _PROBE_CHANNEL, "application": _PROBE_CHANNEL}
         if credentials.api_key:
             params["api_key"] = credentials.api_key
         response = await self._rest.call(
-            "POST", "events/claim", params, auth=_NoAuth(), headers=headers
+            "POST",
+            "events/claim",
+            params,
+            as_proxy=False,  # the client's own credentials, never the proxy's
+            authorization=credentials.authorization,
         )
         if response.status_code in (401, 403):
             raise AccessDenied(response)
         if len(self._granted) > 10_000:
             self._granted = {k: v for k, v in self._granted.items() if v > now}
         self._granted[key] = now + self._ttl
-
-
-class _NoAuth(httpx.Auth):
-    """Send the client's own credentials only (never the proxy's)."""
-
-    def auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
-        yield request

@@ -1,20 +1,24 @@
 """REST passthrough: every /ari/ request goes to Asterisk and its answer comes back unchanged,
 except the few the broadcast feature must answer or adjust (claims, control calls on channels
-under broadcast, api-docs, snapshots of broadcast channels)."""
+under broadcast, api-docs, snapshots of broadcast channels).
+
+A raw ASGI application: every ARI call of every application passes here, so it works on the
+scope's bytes and writes the answer itself, with no request or response objects in between.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote
 
 import orjson
-from starlette.background import BackgroundTask
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
-from starlette.types import Message
+from starlette.responses import Response
+from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from .apidocs import ApiDocsError, base_url_for, rewrite_document
@@ -22,28 +26,32 @@ from .auth import AccessDenied, Credentials, WriteAccess
 from .broadcast.claims import ClaimAnswer, ClaimService, native_404_for_501
 from .broadcast.controller import BroadcastController
 from .broadcast.presentation import Presenter
-from .errors import BadRequest, ProxyError, UpstreamError, json_error
-from .upstream.rest import UpstreamRest
+from .errors import BadRequest, ProxyError, UpstreamError
+from .upstream.rest import HttpResponse, UpstreamRest
 
 __all__ = ["Passthrough", "end_to_end_headers"]
 
 log = logging.getLogger(__name__)
 
+Headers = list[tuple[bytes, bytes]]
+
 HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
     }
 )
+# The proxy's own server answered any `Expect: 100-continue`; Asterisk must not answer again.
+_REQUEST_ONLY = (b"expect",)
 MAX_BODY = 1024 * 1024  # ARI request bodies are small JSON/form documents
 # Asterisk refuses request lines over 4096 bytes with an HTML 400 ("Request line too long");
 # the proxy answers longer request targets itself, with a JSON 414.
@@ -76,6 +84,53 @@ STASIS_CONTROL = frozenset(
     }
 )
 _CHANNEL_OP = re.compile(r"^channels/([^/]+)/([^/]+)")
+_JSON = [(b"content-type", b"application/json")]
+
+
+class _ClientGone(Exception):
+    """The client disconnected before its request body arrived: nobody to answer."""
+
+
+@dataclass
+class _Answer:
+    """What goes back to the client: a whole body, or an upstream answer still streaming."""
+
+    status: int
+    headers: Headers = field(default_factory=list)
+    body: bytes = b""
+    stream: HttpResponse | None = None
+
+    @classmethod
+    def json(cls, status: int, document: object, headers: Headers | None = None) -> _Answer:
+        return cls(status, [*_JSON, *(headers or [])], orjson.dumps(document))
+
+    async def send(self, send: Send) -> None:
+        if self.stream is None:
+            headers = self.headers
+            if self.status >= 200 and self.status not in (204, 304):  # those carry no body
+                headers = [*headers, (b"content-length", str(len(self.body)).encode())]
+            await send({"type": "http.response.start", "status": self.status, "headers": headers})
+            await send({"type": "http.response.body", "body": self.body})
+            return
+        try:
+            start = {"type": "http.response.start", "status": self.status, "headers": self.headers}
+            await send(start)
+            async for chunk in self.stream.iter_body():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            self.stream.release()
+
+    async def buffered(self) -> Response:
+        """As a Starlette response (for refusing a WebSocket upgrade with it)."""
+        if self.stream is not None:
+            self.body = await self.stream.read()
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers}
+        return Response(self.body, self.status, headers)
+
+
+def _error(exc: ProxyError) -> _Answer:
+    return _Answer.json(exc.status, {"message": exc.message})
 
 
 class Passthrough:
@@ -95,38 +150,48 @@ class Passthrough:
         self._access = access
         self._fallback_host = fallback_host
 
-    async def handle(self, request: Request) -> Response:
-        raw_path: bytes = request.scope.get("raw_path") or request.url.path.encode()
-        path = unquote(raw_path.decode("latin-1"))[len("/ari/") :]
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry for HTTP requests under /ari/."""
         try:
-            if len(raw_path) + len(request.scope.get("query_string", b"")) > MAX_TARGET:
-                raise ProxyError("Request-URI too long", 414)
-            segments = path.split("/")
-            if ".." in segments or "." in segments or "//" in path or path.startswith("/"):
-                raise BadRequest("Invalid path")
-            if path == "events/claim" and request.method == "POST":
-                return await self._claim(request)
-            if request.method != "GET" and (response := await self._refuse_control(request, path)):
-                return response
-            return await self._forward(request, path)
-        except ProxyError as exc:
-            log.warning("%s /ari/%s -> %d %s", request.method, path, exc.status, exc.message)
-            return exc.response()
+            answer = await self._answer(scope, receive)
+        except _ClientGone:
+            return
+        await answer.send(send)
 
     async def handle_upgrade(self, websocket: WebSocket) -> None:
         """A WebSocket upgrade on a REST path: Asterisk ignores the upgrade and answers the
         GET, so the proxy does the same (instead of refusing the handshake)."""
         scope = {**websocket.scope, "type": "http", "method": "GET"}
-        response = await self.handle(Request(scope, _no_body))
-        await websocket.send_denial_response(response)
+        answer = await self._answer(scope, _no_body)
+        await websocket.send_denial_response(await answer.buffered())
+
+    async def _answer(self, scope: Scope, receive: Receive) -> _Answer:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
+        path = unquote(raw_path.decode("latin-1"))[len("/ari/") :]
+        method: str = scope["method"]
+        try:
+            if len(raw_path) + len(scope.get("query_string", b"")) > MAX_TARGET:
+                raise ProxyError("Request-URI too long", 414)
+            segments = path.split("/")
+            if ".." in segments or "." in segments or "//" in path or path.startswith("/"):
+                raise BadRequest("Invalid path")
+            request = _Request(scope, receive, raw_path)
+            if path == "events/claim" and method == "POST":
+                return await self._claim(request)
+            if method != "GET" and (refusal := await self._refuse_control(request, path)):
+                return refusal
+            return await self._forward(request, path)
+        except ProxyError as exc:
+            log.warning("%s /ari/%s -> %d %s", method, path, exc.status, exc.message)
+            return _error(exc)
 
     # -- the broadcast feature's own answers --------------------------------------------------
 
-    async def _claim(self, request: Request) -> Response:
-        body = await self._body(request)
-        params = list(parse_qsl(request.url.query, keep_blank_values=True))
+    async def _claim(self, request: _Request) -> _Answer:
+        body = await request.body()
+        params = request.query()
         json_body = None
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        content_type = request.content_type()
         if content_type == "application/x-www-form-urlencoded":
             params = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True) + params
         elif content_type == "application/json" and body.strip():
@@ -134,85 +199,51 @@ class Passthrough:
                 json_body = orjson.loads(body)
             except orjson.JSONDecodeError:
                 raise BadRequest("Error parsing request body") from None
-        credentials = Credentials.from_request(request.headers, request.query_params)
-        answer = await self._claims.answer(credentials, params, json_body)
+        answer = await self._claims.answer(request.credentials(), params, json_body)
         if answer is None:
-            upstream = await self._send(request, "events/claim", body)
+            upstream = await self._send(request, body)
             status, content = native_404_for_501(upstream.status_code, upstream.content)
-            return Response(content, status, media_type="application/json" if content else None)
-        return _claim_response(answer)
+            return _Answer(status, _JSON if content else [], content)
+        return _claim_answer(answer)
 
-    async def _refuse_control(self, request: Request, path: str) -> Response | None:
+    async def _refuse_control(self, request: _Request, path: str) -> _Answer | None:
         match = _CHANNEL_OP.match(path)
         if match is None or match.group(2) not in STASIS_CONTROL:
             return None
         if not self._controller.is_locked(match.group(1)):
             return None
         try:
-            await self._access.require(
-                Credentials.from_request(request.headers, request.query_params)
-            )
+            await self._access.require(request.credentials())
         except AccessDenied as denied:
             return _relay(denied.response, denied.response.content)
         log.info("%s /ari/%s -> 409: channel is under broadcast", request.method, path)
-        return json_error(409, "Channel not in Stasis application")
+        return _Answer.json(409, {"message": "Channel not in Stasis application"})
 
     # -- plain forwarding ---------------------------------------------------------------------
 
-    async def _body(self, request: Request) -> bytes:
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        limit = ASTERISK_MAX_PARSED_BODY if content_type in _PARSED_BODY_TYPES else MAX_BODY
-        length = request.headers.get("content-length")
-        declared = int(length) if length is not None and length.isdigit() else None
-        if length is not None and (declared is None or declared > limit):
-            if declared is not None and declared <= DRAIN_LIMIT:
-                await _drain(request)
-            raise ProxyError("Request body too large", 413)
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                await _drain(request, size)
-                raise ProxyError("Request body too large", 413)
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-    async def _send(self, request: Request, path: str, body: bytes, stream: bool = False):  # type: ignore[no-untyped-def]
-        raw_path = (request.scope.get("raw_path") or request.url.path.encode()).decode("latin-1")
-        url = raw_path[len("/ari/") :] + ("?" + request.url.query if request.url.query else "")
-        headers = end_to_end_headers(request.headers)
-        upstream_request = self._rest.client.build_request(
-            request.method, url, headers=headers, content=body
+    async def _send(self, request: _Request, body: bytes, stream: bool = False) -> HttpResponse:
+        return await self._rest.send(
+            request.method,
+            request.target(),
+            end_to_end_headers(request.headers, *_REQUEST_ONLY),
+            body,
+            stream=stream,
         )
-        response = await self._rest.send(upstream_request, stream=stream)
-        if not stream:
-            await response.aread()
-        return response
 
-    async def _forward(self, request: Request, path: str) -> Response:
-        body = await self._body(request)
-        upstream = await self._send(request, path, body, stream=True)
-        length = upstream.headers.get("content-length")
+    async def _forward(self, request: _Request, path: str) -> _Answer:
+        body = await request.body()
+        upstream = await self._send(request, body, stream=True)
+        length = upstream.header("content-length")
         if length is None or not length.isdigit() or int(length) > BUFFER_LIMIT:
-            headers = dict(end_to_end_headers(upstream.headers))
-            return StreamingResponse(
-                upstream.aiter_raw(),
-                upstream.status_code,
-                headers,
-                background=BackgroundTask(upstream.aclose),
-            )
-        try:
-            content = await upstream.aread()
-        finally:
-            await upstream.aclose()
+            headers = end_to_end_headers(upstream.raw_headers)
+            return _Answer(upstream.status_code, headers, stream=upstream)
+        content = await upstream.read()
         if upstream.status_code >= 500:
             log.warning(
                 "%s /ari/%s -> %d from Asterisk", request.method, path, upstream.status_code
             )
         if path.startswith("api-docs/") and upstream.status_code == 200:
-            base = base_url_for(
-                request.url.scheme, request.headers.get("host"), self._fallback_host
-            )
+            base = base_url_for(request.scheme, request.header(b"host"), self._fallback_host)
             try:
                 content = rewrite_document(path[len("api-docs/") :], content, base)
             except ApiDocsError as exc:
@@ -222,42 +253,105 @@ class Passthrough:
         return _relay(upstream, content)
 
 
+class _Request:
+    """The parts of an ASGI HTTP scope the passthrough reads, taken as they are needed."""
+
+    def __init__(self, scope: Scope, receive: Receive, raw_path: bytes) -> None:
+        self._scope = scope
+        self._receive = receive
+        self._raw_path = raw_path
+        self.method: str = scope["method"]
+        self.headers: Headers = scope["headers"]
+        self.scheme: str = scope.get("scheme", "http")
+        self._query: bytes = scope.get("query_string", b"")
+
+    def header(self, name: bytes) -> str | None:
+        for key, value in self.headers:
+            if key == name:
+                return value.decode("latin-1")
+        return None
+
+    def target(self) -> bytes:
+        """The request target below /ari, byte for byte (Asterisk decodes it itself)."""
+        rest = self._raw_path[len(b"/ari") :]
+        return rest + b"?" + self._query if self._query else rest
+
+    @functools.cached_property
+    def _params(self) -> list[tuple[str, str]]:
+        return parse_qsl(self._query.decode("latin-1"), keep_blank_values=True)
+
+    def query(self) -> list[tuple[str, str]]:
+        return list(self._params)
+
+    def content_type(self) -> str:
+        return (self.header(b"content-type") or "").split(";")[0].strip().lower()
+
+    def credentials(self) -> Credentials:
+        api_key = dict(self._params).get("api_key")  # the last one, as a query mapping has it
+        return Credentials(self.header(b"authorization"), api_key)
+
+    async def body(self) -> bytes:
+        """The whole body, within Asterisk's limits (else 413, once the client has sent it)."""
+        limit = ASTERISK_MAX_PARSED_BODY if self.content_type() in _PARSED_BODY_TYPES else MAX_BODY
+        length = self.header(b"content-length")
+        declared = int(length) if length is not None and length.isdigit() else None
+        if length is not None and (declared is None or declared > limit):
+            if declared is not None and declared <= DRAIN_LIMIT:
+                await self._drain()
+            raise ProxyError("Request body too large", 413)
+        chunks, size = [], 0
+        async for chunk in self._chunks():
+            size += len(chunk)
+            if size > limit:
+                await self._drain(size)
+                raise ProxyError("Request body too large", 413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def _chunks(self):  # type: ignore[no-untyped-def]
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            yield message.get("body", b"")
+            if not message.get("more_body", False):
+                return
+
+    async def _drain(self, size: int = 0) -> None:
+        """Read and drop a refused body (up to DRAIN_LIMIT, for DRAIN_SECONDS at most) so the
+        client, still sending it, can read the 413 instead of having its connection reset; a
+        client that declared a body and stalls gets its 413 when the time is up."""
+        try:
+            async with asyncio.timeout(DRAIN_SECONDS):
+                async for chunk in self._chunks():
+                    size += len(chunk)
+                    if size > DRAIN_LIMIT:
+                        return
+        except (TimeoutError, _ClientGone):
+            return
+
+
 async def _no_body() -> Message:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
-async def _drain(request: Request, size: int = 0) -> None:
-    """Read and drop a refused body (up to DRAIN_LIMIT, for DRAIN_SECONDS at most) so the
-    client, still sending it, can read the 413 instead of having its connection reset; a
-    client that declared a body and stalls gets its 413 when the time is up."""
-    try:
-        async with asyncio.timeout(DRAIN_SECONDS):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > DRAIN_LIMIT:
-                    return
-    except (TimeoutError, ClientDisconnect):
-        return
+def end_to_end_headers(headers: Iterable[tuple[bytes, bytes]], *drop: bytes) -> Headers:
+    """The headers a proxy passes on, names lowercased: not the hop-by-hop ones, neither the
+    fixed set nor those the Connection header names (RFC 9110, 7.6.1), nor `drop`."""
+    headers = [(name.lower(), value) for name, value in headers]
+    named = set(drop)
+    for name, value in headers:
+        if name == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+    return [(k, v) for k, v in headers if k not in HOP_BY_HOP and k not in named]
 
 
-def end_to_end_headers(headers: Mapping[str, str], *drop: str) -> list[tuple[str, str]]:
-    """The headers a proxy passes on: not the hop-by-hop ones, neither the fixed set nor
-    those the Connection header names (RFC 9110, 7.6.1), nor `drop`."""
-    named = {token.strip().lower() for token in headers.get("connection", "").split(",")}
-    named.update(drop)
-    return [
-        (k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named
-    ]
+def _relay(upstream: HttpResponse, content: bytes) -> _Answer:
+    return _Answer(upstream.status_code, end_to_end_headers(upstream.raw_headers), content)
 
 
-def _relay(upstream, content: bytes) -> Response:  # type: ignore[no-untyped-def]
-    headers = end_to_end_headers(upstream.headers, "content-encoding")
-    return Response(content, upstream.status_code, dict(headers))
-
-
-def _claim_response(answer: ClaimAnswer) -> Response:
+def _claim_answer(answer: ClaimAnswer) -> _Answer:
     if answer.body is None:
-        return Response(status_code=answer.status)
-    return Response(
-        orjson.dumps(answer.body), answer.status, answer.headers, media_type="application/json"
-    )
+        return _Answer(answer.status)
+    extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
+    return _Answer.json(answer.status, answer.body, extra)

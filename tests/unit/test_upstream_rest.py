@@ -52,7 +52,7 @@ async def test_a_cookie_from_one_answer_is_never_sent_again(
     try:
         for _ in range(3):
             response = await rest.call("GET", "asterisk/info")
-            assert response.headers["set-cookie"].startswith("session=")
+            assert (response.header("set-cookie") or "").startswith("session=")
     finally:
         await rest.aclose()
     assert len(heads) == 3
