@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from .auth import WriteAccess
 from .broadcast.claims import ClaimService
@@ -124,19 +125,20 @@ class Proxy:
 
 
 class ProxyApp:
-    """The ASGI application: ARI REST calls go straight to the passthrough (the hot path,
-    no routing or middleware in between); Starlette serves the rest (events sockets,
-    health, metrics, lifespan)."""
+    """The ASGI application. The hot paths go straight to their handler, with no routing or
+    middleware in between (every frame of an events socket would pass the middleware's
+    wrappers): ARI REST calls to the passthrough, /ari/events to the sessions. Starlette
+    serves the rest (health, metrics, upgrades on REST paths, lifespan)."""
 
     def __init__(self, proxy: Proxy) -> None:
         self.proxy = proxy
         self._passthrough = proxy.passthrough
+        self._sessions = proxy.sessions
         self._routes = Starlette(
             routes=[
                 Route("/healthz", proxy.healthz),
                 Route("/readyz", proxy.readyz),
                 Route("/metrics", proxy.metrics_endpoint),
-                WebSocketRoute("/ari/events", proxy.sessions.endpoint),
                 WebSocketRoute("/ari/{path:path}", proxy.passthrough.handle_upgrade),
             ],
             lifespan=proxy.lifespan,
@@ -145,6 +147,8 @@ class ProxyApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/ari/"):
             await self._passthrough(scope, receive, send)
+        elif scope["type"] == "websocket" and scope["path"] == "/ari/events":
+            await self._sessions.endpoint(WebSocket(scope, receive, send))
         else:
             await self._routes(scope, receive, send)
 
