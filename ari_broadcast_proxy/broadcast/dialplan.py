@@ -12,6 +12,7 @@ adds the prefix because only it knows the channel.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Final
 
@@ -188,8 +189,10 @@ class BroadcastOptions:
     warnings: tuple[str, ...] = ()
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_broadcast_data(raw: str) -> BroadcastOptions:
-    """Parse raw ``StasisBroadcast`` application data as ``stasis_broadcast_exec`` does.
+    """Parse raw ``StasisBroadcast`` application data as ``stasis_broadcast_exec`` does
+    (remembered: a dialplan repeats the same few, and the result is immutable).
 
     ``raw`` is the data after variable substitution (``channel.dialplan.app_data``). The four
     fields are split with :func:`separate_args` (so the filter loses its quotes and backslashes,

@@ -11,6 +11,7 @@ snapshot of a broadcast channel in events and REST bodies, and drops the proxy's
 from __future__ import annotations
 
 import base64
+import functools
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -70,8 +71,9 @@ def parse_invocation(event: dict[str, Any], subroutine_context: str) -> Invocati
     return Invocation("subroutine", raw, args[1], _unwrap(args[2]), int(args[3]))
 
 
+@functools.lru_cache(maxsize=1024)
 def _unwrap(value: str) -> str:
-    """Undo the subroutine's BASE64_ENCODE(=...)."""
+    """Undo the subroutine's BASE64_ENCODE(=...) (remembered: the same few values repeat)."""
     try:
         decoded = base64.b64decode(value, validate=True).decode("utf-8")
     except (ValueError, UnicodeDecodeError):
@@ -131,17 +133,19 @@ class Presenter:
     def _has_snapshots_of_ours(self, text: str) -> bool:
         return bool(self._invocations) and any(marker in text for marker in self._markers)
 
-    def frame(self, text: str) -> str | None:
-        """An upstream events frame as the client must see it; None drops it."""
+    def frame(self, text: str, message: Any = None) -> str | None:
+        """An upstream events frame as the client must see it; None drops it. `message` is
+        `text` already parsed, if the caller has it (it may be rewritten in place)."""
         internal = INTERNAL_VARIABLE_PREFIX in text
         if not internal and not self._has_snapshots_of_ours(text):
             return text
-        message = orjson.loads(text)
+        if message is None:
+            message = orjson.loads(text)
         if not isinstance(message, dict):
             return text
-        variable = str(message.get("variable", ""))
+        variable = str(message.get("variable", "")).removeprefix("LOCAL(")
         if internal and variable.startswith(INTERNAL_VARIABLE_PREFIX):
-            return None  # ChannelVarset of the proxy's own variables
+            return None  # ChannelVarset of the proxy's own variables (LOCAL() ones too)
         self._walk(message)
         return orjson.dumps(message).decode()
 

@@ -1,0 +1,45 @@
+"""What applications see of a broadcast channel: the proxy's own variables never, and
+snapshots as native's."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from ari_broadcast_proxy.broadcast.presentation import Invocation, Presenter
+
+
+def varset(variable: str) -> str:
+    channel = {"id": "c-1", "dialplan": {"context": "elsewhere", "exten": "s", "priority": 1}}
+    return orjson.dumps(
+        {"type": "ChannelVarset", "variable": variable, "value": "1", "channel": channel}
+    ).decode()
+
+
+@pytest.mark.parametrize(
+    "variable", ["ARI_BROADCAST_WINNER", "LOCAL(ARI_BROADCAST_HANDED)", "ARI_BROADCAST_STATUS"]
+)
+def test_the_proxys_own_variables_are_dropped(variable: str) -> None:
+    assert Presenter("broadcast", "stasis-broadcast").frame(varset(variable)) is None
+
+
+def test_other_variables_pass_unchanged() -> None:
+    frame = varset("MY_ARI_BROADCAST_NOTE")
+    assert Presenter("broadcast", "stasis-broadcast").frame(frame) == frame
+
+
+def test_a_snapshot_in_the_subroutine_reads_as_native() -> None:
+    presenter = Presenter("broadcast", "stasis-broadcast")
+    presenter.remember("c-1", Invocation("subroutine", "5000,,a:b", "from-sip", "100", 3))
+    channel = {"id": "c-1", "dialplan": {"context": "stasis-broadcast", "exten": "s"}}
+    message = {"type": "StasisStart", "args": ["a", "b"], "channel": channel}
+    text = orjson.dumps(message).decode()
+    out = presenter.frame(text, orjson.loads(text))
+    assert out is not None
+    assert orjson.loads(out)["channel"]["dialplan"] == {
+        "context": "from-sip",
+        "exten": "100",
+        "priority": 3,
+        "app_name": "StasisBroadcast",
+        "app_data": "5000,,a:b",
+    }
