@@ -21,7 +21,8 @@ class Metrics:
         )
         self.outcomes = Counter(
             "ari_proxy_broadcast_outcomes",
-            "How broadcasts ended: claimed, timeout, failed (hand-over), hangup, rejected",
+            "How broadcasts ended: claimed (the winner got StasisStart), timeout, failed "
+            "(hand-over), hangup, rejected",
             ["outcome"],
             registry=r,
         )
@@ -39,13 +40,13 @@ class Metrics:
         )
         self.handover = Histogram(
             "ari_proxy_handover_seconds",
-            "From the winning claim to Asterisk accepting the hand-over (continue)",
+            "From the winning claim to Asterisk accepting the hand-over (move or continue)",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
         self.fanout = Histogram(
             "ari_proxy_broadcast_fanout_seconds",
-            "From the broadcast application's StasisStart to every CallBroadcast queued",
+            "From the broadcast application's StasisStart to every CallBroadcast written",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )

@@ -214,6 +214,8 @@ class BroadcastController:
                 self._on_stasis_start(event)
             elif kind == "StasisEnd":
                 self._on_stasis_end(channel_id)
+            elif kind == "ApplicationMoveFailed":
+                self._on_move_failed(channel_id, str(event.get("destination", "")))
         except Exception:
             # A bug must cost one call at most, never the broadcast application's socket.
             log.exception("channel %s: %s could not be handled", channel_id, kind)
@@ -258,13 +260,19 @@ class BroadcastController:
             channel_id, offer, recipients, options.timeout_ms, options.notify_claimed, self._now()
         )
         self._execute(commands)
+        # The rest waits until the sockets' writers have sent the CallBroadcast frames.
+        asyncio.get_running_loop().call_soon(
+            self._offered, channel_id, len(recipients), options.timeout_ms, started
+        )
+
+    def _offered(self, channel_id: str, recipients: int, timeout_ms: int, started: float) -> None:
         self._metrics.fanout.observe(time.perf_counter() - started)
         _log(
             logging.INFO,
             channel_id,
             "offered to %d application(s), timeout %d ms",
-            len(recipients),
-            options.timeout_ms,
+            recipients,
+            timeout_ms,
         )
 
     def _on_stasis_end(self, channel_id: str) -> None:
@@ -275,6 +283,14 @@ class BroadcastController:
         self._metrics.outcomes.labels("hangup").inc()
         self.presenter.forget(channel_id)
         self._execute(self.core.channel_left(channel_id, self._now()))
+
+    def _on_move_failed(self, channel_id: str, destination: str) -> None:
+        """Asterisk could not move the channel to the winner (its application was gone by
+        then): the channel is still here, and the dialplan gets FAILED."""
+        broadcast = self.core.get(channel_id)
+        if broadcast is None or broadcast.state is not State.CLAIMED or broadcast.session_started:
+            return
+        self._handover_failed(channel_id, destination, "not registered on Asterisk", gone=False)
 
     # -- claims -------------------------------------------------------------------------------
 
@@ -367,19 +383,21 @@ class BroadcastController:
         if self.core.get(channel_id) is not broadcast:
             return  # the channel re-entered the broadcast meanwhile
         if result is not HandOverResult.DONE:
-            _log(logging.WARNING, channel_id, "hand-over to %r failed: %s", winner, why)
-            self._metrics.outcomes.labels("failed").inc()
-            self.presenter.forget(channel_id)
             gone = result is HandOverResult.CHANNEL_GONE
-            self._execute(self.core.handover_failed(channel_id, gone, self._now()))
+            self._handover_failed(channel_id, winner, why, gone)
             return
         self._metrics.handover.observe(time.perf_counter() - claimed_at)
-        self._metrics.outcomes.labels("claimed").inc()
-        _log(logging.INFO, channel_id, "handed over to %r", winner)
         await asyncio.sleep(HANDOVER_WATCHDOG)
         if self.core.get(channel_id) is broadcast and not broadcast.session_started:
             _log(logging.WARNING, channel_id, "%r never received the channel (gone?)", winner)
+            self._metrics.outcomes.labels("failed").inc()
             self._end_session(channel_id)
+
+    def _handover_failed(self, channel_id: str, winner: str, why: str, gone: bool) -> None:
+        _log(logging.WARNING, channel_id, "hand-over to %r failed: %s", winner, why)
+        self._metrics.outcomes.labels("failed").inc()
+        self.presenter.forget(channel_id)
+        self._execute(self.core.handover_failed(channel_id, gone, self._now()))
 
     async def _resume_unknown(self, channel_id: str, verdict: Verdict) -> None:
         """Send back a channel whose invocation we do not know (read it from Asterisk)."""
@@ -430,23 +448,32 @@ class BroadcastController:
 
     def observe_upstream_frame(self, text: str) -> str | None:
         """Present a frame from Asterisk as native would; track the winner's session."""
-        ended = None
-        if self.core.claimed_count and ('"StasisStart"' in text or '"StasisEnd"' in text):
-            ended = self._track_session(text)
-        out = self.presenter.frame(text)
+        if not (self.core.claimed_count and ('"StasisStart"' in text or '"StasisEnd"' in text)):
+            return self.presenter.frame(text)
+        event = orjson.loads(text)  # parsed once, for both
+        ended = self._track_session(event)
+        out = self.presenter.frame(text, event)
         if ended is not None:
             self._end_session(ended)  # after the StasisEnd itself was presented
         return out
 
-    def _track_session(self, text: str) -> str | None:
+    def _track_session(self, event: Any) -> str | None:
         """Note the winner's StasisStart; return the channel id on its StasisEnd."""
-        event = orjson.loads(text)
-        channel = event.get("channel") or {}
-        broadcast = self.core.get(channel.get("id", ""))
+        channel = event.get("channel") if isinstance(event, dict) else None
+        broadcast = self.core.get(channel.get("id", "")) if isinstance(channel, dict) else None
         if broadcast is None or broadcast.state is not State.CLAIMED:
             return None
         if event.get("type") == "StasisStart":
-            self.core.session_started(broadcast.channel_id, event.get("application", ""))
+            winner = event.get("application", "")
+            if self.core.session_started(broadcast.channel_id, winner):
+                # Counted and logged once the frame is on its way to the winner.
+                asyncio.get_running_loop().call_soon(
+                    self._handed_over, broadcast.channel_id, winner
+                )
         elif event.get("type") == "StasisEnd" and broadcast.session_started:
             return broadcast.channel_id
         return None
+
+    def _handed_over(self, channel_id: str, winner: str) -> None:
+        self._metrics.outcomes.labels("claimed").inc()
+        _log(logging.INFO, channel_id, "handed over to %r", winner)

@@ -257,11 +257,14 @@ class BroadcastCore(Generic[C]):
             return []
         return [ResumeDialplan(broadcast, Verdict.FAILED)]
 
-    def session_started(self, channel_id: str, app: str) -> None:
-        """The winner's StasisStart was seen."""
+    def session_started(self, channel_id: str, app: str) -> bool:
+        """The winner's StasisStart was seen; True the first time (the hand-over is done)."""
         broadcast = self._broadcasts.get(channel_id)
-        if broadcast is not None and broadcast.state is State.CLAIMED and broadcast.winner == app:
-            broadcast.session_started = True
+        if broadcast is None or broadcast.state is not State.CLAIMED or broadcast.winner != app:
+            return False
+        first = not broadcast.session_started
+        broadcast.session_started = True
+        return first
 
     def session_ended(self, channel_id: str, now: float) -> Broadcast[C] | None:
         """The winner's Stasis session ended (or the channel is gone): the broadcast ends."""

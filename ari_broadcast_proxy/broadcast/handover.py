@@ -1,9 +1,13 @@
 """Sending a channel on from the broadcast application: into the winner's Stasis(), or back
 to the dialplan with a verdict. Everything here is an upstream ARI call with a timeout.
 
-Both go through `continue` into the drop-in subroutine's labels (see asterisk-conf/
-extensions.conf), not `move`: `move` drops empty arguments, the winner's StasisStart.args
-must equal native's, and a failed `Stasis(<winner>)` gives the dialplan FAILED by itself.
+The winner's StasisStart.args must equal native's. From the drop-in subroutine, when every
+argument survives `move` (which splits appArgs on commas and drops empty ones), the channel
+is moved into the winner's application in place: one call, and Asterisk switches
+applications without running any dialplan; the Stasis(broadcast) line then returns SUCCESS
+when the winner lets go, as native. Otherwise, and for the direct form, the proxy sets
+ARI_BROADCAST_WINNER and `continue`s into the subroutine's labels (see asterisk-conf/
+extensions.conf), where `Stasis(<winner>)` runs and a failure gives FAILED by itself.
 """
 
 from __future__ import annotations
@@ -54,6 +58,14 @@ class HandOverResult(enum.Enum):
     FAILED = "failed"
 
 
+def _result(statuses: list[int], expected: int) -> HandOverResult:
+    if 404 in statuses:
+        return HandOverResult.CHANNEL_GONE
+    if len(statuses) < expected or any(status >= 300 for status in statuses):
+        return HandOverResult.FAILED
+    return HandOverResult.DONE
+
+
 class Dialplan:
     def __init__(self, rest: UpstreamRest, broadcast_app: str, subroutine_context: str) -> None:
         self._rest = rest
@@ -70,9 +82,10 @@ class Dialplan:
         return self._socket is not None
 
     async def _channel_calls(
-        self, channel_id: str, calls: list[tuple[str, dict[str, Any]]]
+        self, channel_id: str, calls: list[tuple[str, dict[str, Any]]], required: int = 0
     ) -> list[int]:
         """POST channels/{id}/{action} for each call, applied in order; their statuses.
+        Only the first `required` calls (0: all) log their failures.
 
         Over the socket all are written at once (one round trip); over HTTP one after the
         other, since separate connections would not keep the order."""
@@ -86,7 +99,7 @@ class Dialplan:
                 statuses.append((await self._rest.call(method, path, params)).status_code)
                 if statuses[-1] >= 300:
                     break  # what follows depended on this one
-        for (action, _), status in zip(calls, statuses, strict=False):
+        for (action, _), status in zip(calls[: required or len(calls)], statuses, strict=False):
             if status >= 300 and status != 404:
                 log.error(
                     "channel %s: %s -> %d",
@@ -100,8 +113,20 @@ class Dialplan:
     async def hand_over(
         self, channel_id: str, invocation: Invocation, winner: str, args: tuple[str, ...]
     ) -> HandOverResult:
-        """Set ARI_BROADCAST_WINNER (and the return address for the direct form), then
-        continue to the subroutine's `claimed` label (`direct` extension)."""
+        """Move the channel to the winner (subroutine form, `move`-safe args), or set
+        ARI_BROADCAST_WINNER (and the return address for the direct form) and continue to
+        the subroutine's `claimed` label (`direct` extension). DONE means Asterisk accepted
+        it; a move to an application that is gone is reported later (ApplicationMoveFailed)."""
+        if invocation.form == "subroutine" and all(arg and "," not in arg for arg in args):
+            move = {"app": winner, "appArgs": ",".join(args)} if args else {"app": winner}
+            # The subroutine's hangup handler keeps the winner's STASISSTATUS once this is
+            # set; after the move, so it costs the hand-over nothing (if the winner already
+            # let go, the channel has left the subroutine and this answers 409: harmless).
+            handed = {"variable": "LOCAL(ARI_BROADCAST_HANDED)", "value": "1"}
+            statuses = await self._channel_calls(
+                channel_id, [("move", move), ("variable", handed)], required=1
+            )
+            return _result(statuses[:1], 1)
         calls: list[tuple[str, dict[str, Any]]] = [
             ("variable", {"variable": "ARI_BROADCAST_WINNER", "value": stasis_data(winner, args)})
         ]
@@ -113,12 +138,7 @@ class Dialplan:
             calls.append(("variable", {"variable": "ARI_BROADCAST_RETURN", "value": address}))
             target.update(extension="direct", priority=1)
         calls.append(("continue", target))
-        statuses = await self._channel_calls(channel_id, calls)
-        if 404 in statuses:
-            return HandOverResult.CHANNEL_GONE
-        if len(statuses) < len(calls) or any(status >= 300 for status in statuses):
-            return HandOverResult.FAILED
-        return HandOverResult.DONE
+        return _result(await self._channel_calls(channel_id, calls), len(calls))
 
     async def resume(self, channel_id: str, invocation: Invocation, verdict: Verdict) -> bool:
         """Back to the dialplan with a verdict, retried so no channel is left stranded.

@@ -126,8 +126,9 @@ def test_leaving_after_the_claim_is_the_hand_over_itself() -> None:
 def test_conflict_lasts_until_the_winners_session_ends() -> None:
     core = offered()
     core.claim("chan-1", "alpha", now=100.1)
-    core.session_started("chan-1", "alpha")
+    assert core.session_started("chan-1", "alpha")
     assert core.get("chan-1").session_started
+    assert not core.session_started("chan-1", "alpha")  # only the first StasisStart counts
     assert core.session_ended("chan-1", now=104) is not None
     assert core.claimed_count == 0
     assert core.claim("chan-1", "beta", now=105)[0] is ClaimOutcome.NOT_FOUND
