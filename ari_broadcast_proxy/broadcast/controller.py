@@ -14,7 +14,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -133,10 +133,11 @@ class BroadcastController:
             handle.cancel()
         self._timers.clear()
 
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+        return task
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -301,14 +302,13 @@ class BroadcastController:
             return None
         broadcast = self.core.get(channel_id)
         outcome, commands = self.core.claim(channel_id, app, now)
-        self._execute(commands)
-        if outcome is ClaimOutcome.WON:
-            # The winner waits for its StasisStart more than for the 204: yield once so the
-            # hand-over task writes its calls to Asterisk (it does not suspend before that)
-            # ahead of the answer.
-            await asyncio.sleep(0)
-            if broadcast is not None:
-                self._metrics.time_to_claim.observe(now - broadcast.offered_at)
+        for command in commands:
+            if isinstance(command, HandOver):
+                await self._start_hand_over(command.broadcast, command.winner)
+            else:
+                self._execute([command])
+        if outcome is ClaimOutcome.WON and broadcast is not None:
+            self._metrics.time_to_claim.observe(now - broadcast.offered_at)
         # Losing claims (404/409: nine in ten under a race) only at DEBUG.
         level = logging.INFO if outcome in _NOTABLE_CLAIMS else logging.DEBUG
         _log(level, channel_id, "claim by %r -> %d", app, outcome.value)
@@ -338,10 +338,7 @@ class BroadcastController:
                 if handle is not None:
                     handle.cancel()
             elif isinstance(command, HandOver):
-                self._spawn(
-                    self._hand_over(command.broadcast, command.winner),
-                    f"handover-{command.broadcast.channel_id}",
-                )
+                raise TypeError("a hand-over starts inside its claim: see claim()")
             elif isinstance(command, SendCallClaimed):
                 offer = command.broadcast.context
                 event = call_claimed(
@@ -367,26 +364,45 @@ class BroadcastController:
             _log(logging.WARNING, channel_id, "not claimed within timeout")
         self._execute(commands)
 
-    async def _hand_over(self, broadcast: Broadcast[Offer], winner: str) -> None:
+    async def _start_hand_over(self, broadcast: Broadcast[Offer], winner: str) -> None:
+        """Write the hand-over to Asterisk inside the winning claim, before its 204 and
+        before the other claims that arrived with it are answered: the winner waits for
+        its StasisStart. A task waits for Asterisk's verdict."""
+        started = time.perf_counter()
         channel_id = broadcast.channel_id
-        claimed_at = time.perf_counter()
-        if self._registry.sink_for(winner) is None:
-            result, why = HandOverResult.FAILED, f"{winner!r} is no longer connected"
-        else:
+        pending: asyncio.Task[tuple[HandOverResult, str]] | None = None
+        why = f"{winner!r} is no longer connected"
+        if self._registry.sink_for(winner) is not None:
             try:
-                result = await self._dialplan.hand_over(
+                verdict = await self._dialplan.hand_over(
                     channel_id, broadcast.context.invocation, winner, broadcast.context.options.args
                 )
-                why = result.value
+                pending = self._spawn(_settled(verdict), f"handover-verdict-{channel_id}")
             except ProxyError as exc:
-                result, why = HandOverResult.FAILED, exc.message
+                why = exc.message
+        self._spawn(
+            self._hand_over(broadcast, winner, pending, why, started), f"handover-{channel_id}"
+        )
+
+    async def _hand_over(
+        self,
+        broadcast: Broadcast[Offer],
+        winner: str,
+        pending: Awaitable[tuple[HandOverResult, str]] | None,
+        why: str,
+        started: float,
+    ) -> None:
+        channel_id = broadcast.channel_id
+        result = HandOverResult.FAILED
+        if pending is not None:
+            result, why = await pending
         if self.core.get(channel_id) is not broadcast:
             return  # the channel re-entered the broadcast meanwhile
         if result is not HandOverResult.DONE:
             gone = result is HandOverResult.CHANNEL_GONE
             self._handover_failed(channel_id, winner, why, gone)
             return
-        self._metrics.handover.observe(time.perf_counter() - claimed_at)
+        self._metrics.handover.observe(time.perf_counter() - started)
         await asyncio.sleep(HANDOVER_WATCHDOG)
         if self.core.get(channel_id) is broadcast and not broadcast.session_started:
             _log(logging.WARNING, channel_id, "%r never received the channel (gone?)", winner)
@@ -477,3 +493,12 @@ class BroadcastController:
     def _handed_over(self, channel_id: str, winner: str) -> None:
         self._metrics.outcomes.labels("claimed").inc()
         _log(logging.INFO, channel_id, "handed over to %r", winner)
+
+
+async def _settled(verdict: Awaitable[HandOverResult]) -> tuple[HandOverResult, str]:
+    """A hand-over's result and why, its failures included (never raises ProxyError)."""
+    try:
+        result = await verdict
+    except ProxyError as exc:
+        return HandOverResult.FAILED, exc.message
+    return result, result.value

@@ -17,7 +17,7 @@ import enum
 import logging
 import random
 import re
-from collections.abc import Iterator
+from collections.abc import Awaitable, Coroutine, Iterator
 from typing import Any
 
 from ..errors import ProxyError
@@ -58,10 +58,12 @@ class HandOverResult(enum.Enum):
     FAILED = "failed"
 
 
-def _result(statuses: list[int], expected: int) -> HandOverResult:
+async def _verdict(pending: Awaitable[list[int]], counted: int) -> HandOverResult:
+    """The hand-over's result from the statuses of its first `counted` calls."""
+    statuses = (await pending)[:counted]
     if 404 in statuses:
         return HandOverResult.CHANNEL_GONE
-    if len(statuses) < expected or any(status >= 300 for status in statuses):
+    if len(statuses) < counted or any(status >= 300 for status in statuses):
         return HandOverResult.FAILED
     return HandOverResult.DONE
 
@@ -84,22 +86,40 @@ class Dialplan:
     async def _channel_calls(
         self, channel_id: str, calls: list[tuple[str, dict[str, Any]]], required: int = 0
     ) -> list[int]:
-        """POST channels/{id}/{action} for each call, applied in order; their statuses.
-        Only the first `required` calls (0: all) log their failures.
+        """POST channels/{id}/{action} for each call, applied in order; their statuses."""
+        return await (await self._start_calls(channel_id, calls, required))
 
-        Over the socket all are written at once (one round trip); over HTTP one after the
-        other, since separate connections would not keep the order."""
+    async def _start_calls(
+        self, channel_id: str, calls: list[tuple[str, dict[str, Any]]], required: int = 0
+    ) -> Coroutine[Any, Any, list[int]]:
+        """Start the calls; awaiting the result gives their statuses. Only the first
+        `required` calls (0: all) log their failures.
+
+        Over the socket all are written before this returns, back to back (one round
+        trip); over HTTP they go one after the other (separate connections would not keep
+        the order), when the result is awaited."""
         requests = [("POST", f"channels/{channel_id}/{action}", params) for action, params in calls]
         socket = self._socket
         if socket is not None:
-            statuses = await socket.run(requests)
+            statuses = socket.statuses(await socket.submit(requests))
         else:
-            statuses = []
-            for method, path, params in requests:
-                statuses.append((await self._rest.call(method, path, params)).status_code)
-                if statuses[-1] >= 300:
-                    break  # what follows depended on this one
-        for (action, _), status in zip(calls[: required or len(calls)], statuses, strict=False):
+            statuses = self._over_http(requests)
+        logged = [action for action, _ in calls][: required or None]
+        return self._logged(channel_id, logged, statuses)
+
+    async def _over_http(self, requests: list[tuple[str, str, dict[str, Any]]]) -> list[int]:
+        statuses: list[int] = []
+        for method, path, params in requests:
+            statuses.append((await self._rest.call(method, path, params)).status_code)
+            if statuses[-1] >= 300:
+                break  # what follows depended on this one
+        return statuses
+
+    async def _logged(
+        self, channel_id: str, actions: list[str], statuses: Awaitable[list[int]]
+    ) -> list[int]:
+        answered = await statuses
+        for action, status in zip(actions, answered, strict=False):
             if status >= 300 and status != 404:
                 log.error(
                     "channel %s: %s -> %d",
@@ -108,26 +128,27 @@ class Dialplan:
                     status,
                     extra={"channel_id": channel_id},
                 )
-        return statuses
+        return answered
 
     async def hand_over(
         self, channel_id: str, invocation: Invocation, winner: str, args: tuple[str, ...]
-    ) -> HandOverResult:
-        """Move the channel to the winner (subroutine form, `move`-safe args), or set
-        ARI_BROADCAST_WINNER (and the return address for the direct form) and continue to
-        the subroutine's `claimed` label (`direct` extension). DONE means Asterisk accepted
-        it; a move to an application that is gone is reported later (ApplicationMoveFailed)."""
+    ) -> Coroutine[Any, Any, HandOverResult]:
+        """Start handing the channel to the winner; awaiting the result gives Asterisk's
+        verdict. Over the broadcast socket the calls are written before this returns.
+
+        Moves the channel (subroutine form, `move`-safe args), or sets ARI_BROADCAST_WINNER
+        (and the return address for the direct form) and continues to the subroutine's
+        `claimed` label (`direct` extension). DONE means Asterisk accepted it; a move to an
+        application that is gone is reported later (ApplicationMoveFailed)."""
         if invocation.form == "subroutine" and all(arg and "," not in arg for arg in args):
             move = {"app": winner, "appArgs": ",".join(args)} if args else {"app": winner}
             # The subroutine's hangup handler keeps the winner's STASISSTATUS once this is
             # set; after the move, so it costs the hand-over nothing (if the winner already
             # let go, the channel has left the subroutine and this answers 409: harmless).
             handed = {"variable": "LOCAL(ARI_BROADCAST_HANDED)", "value": "1"}
-            statuses = await self._channel_calls(
-                channel_id, [("move", move), ("variable", handed)], required=1
-            )
-            return _result(statuses[:1], 1)
-        calls: list[tuple[str, dict[str, Any]]] = [
+            calls = [("move", move), ("variable", handed)]
+            return _verdict(await self._start_calls(channel_id, calls, required=1), 1)
+        calls = [
             ("variable", {"variable": "ARI_BROADCAST_WINNER", "value": stasis_data(winner, args)})
         ]
         target: dict[str, Any] = {"context": self._context}
@@ -138,7 +159,7 @@ class Dialplan:
             calls.append(("variable", {"variable": "ARI_BROADCAST_RETURN", "value": address}))
             target.update(extension="direct", priority=1)
         calls.append(("continue", target))
-        return _result(await self._channel_calls(channel_id, calls), len(calls))
+        return _verdict(await self._start_calls(channel_id, calls), len(calls))
 
     async def resume(self, channel_id: str, invocation: Invocation, verdict: Verdict) -> bool:
         """Back to the dialplan with a verdict, retried so no channel is left stranded.

@@ -67,7 +67,10 @@ class RestOverWebSocket:
 
     async def run(self, calls: list[tuple[str, str, dict[str, Any]]]) -> list[int]:
         """Submit in order and wait for every status (bounded by the upstream timeout)."""
-        futures = await self.submit(calls)
+        return await self.statuses(await self.submit(calls))
+
+    async def statuses(self, futures: list[asyncio.Future[int]]) -> list[int]:
+        """Wait for the statuses of submitted calls (bounded by the upstream timeout)."""
         try:
             return list(await asyncio.wait_for(asyncio.gather(*futures), self._timeout))
         except TimeoutError:
