@@ -1,7 +1,9 @@
 """Load-generator worker processes.
 
-Every worker is a separate process running one asyncio (uvloop) event loop and owning one
-pooled `httpx.AsyncClient`. The orchestrator (bench/cli.py) drives it over a Pipe with small
+Every worker is a separate process running one asyncio (uvloop) event loop and owning small
+keep-alive HTTP/1.1 pools (the proxy's own `upstream/http.py`, one per origin: about 35 us of
+CPU per request, where httpx cost 600 us and made the generator itself the bottleneck of a
+2-core machine). The orchestrator (bench/cli.py) drives it over a Pipe with small
 commands (`op`, kwargs) and gets plain tuples back. One worker can
 
 - host applications: one events WebSocket per application, a CallBroadcast handler that
@@ -20,34 +22,26 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import importlib.util
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 import traceback
 from typing import Any
+from urllib.parse import urlencode
 
-# httpcore runs `import sniffio` inside every request (connection-pool locks); without the
-# package installed that is a failed import, i.e. a sys.path search, several times per request
-# (about 40 % of the generator's CPU per claim). Record the miss once so it is cheap. The
-# proxy is measured as installed (see the README's Benchmarks section).
-if importlib.util.find_spec("sniffio") is None:
-    sys.modules["sniffio"] = None  # type: ignore[assignment]
-
-import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
+
+from ari_broadcast_proxy.errors import UpstreamError
+from ari_broadcast_proxy.upstream.http import HttpPool
 
 USER = PASSWORD = "asterisk"
 BASIC = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
 HTTP_TIMEOUT = 10.0  # every client request, both paths
-# Keep-alive connections per worker process. httpcore's pool costs O(idle x connections) plus
-# O(queued x connections) per request event, so the pool stays small and requests wait in
-# `Worker.gate` (an asyncio semaphore, O(1)) instead of in httpcore's queue: past saturation
-# the generator slows down instead of collapsing.
+# Requests in flight per worker process (each origin's pool keeps as many connections);
+# further requests wait in `Worker.gate`, and that wait is measured.
 POOL = 8
 END_MARKER = '"eventname":"bench-end"'
 
@@ -57,15 +51,42 @@ def _err(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:160]
 
 
+class Http:
+    """One keep-alive pool per origin (`http://host:port`), the same for both paths."""
+
+    def __init__(self) -> None:
+        self._pools: dict[str, HttpPool] = {}
+
+    async def request(
+        self, method: str, url: str, body: bytes = b"", content_type: str | None = None
+    ) -> int:
+        """`url` is absolute; the answer's status (its body is read and dropped)."""
+        origin, _, path = url.partition("://")[2].partition("/")
+        pool = self._pools.get(origin)
+        if pool is None:
+            host, _, port = origin.rpartition(":")
+            pool = self._pools[origin] = HttpPool(
+                host,
+                int(port),
+                max_connections=POOL,
+                timeout=HTTP_TIMEOUT,
+                connect_timeout=HTTP_TIMEOUT,
+                keepalive_expiry=5,
+            )
+        headers = [(b"authorization", BASIC.encode())]
+        if content_type is not None:
+            headers.append((b"content-type", content_type.encode()))
+        response = await pool.request(method.encode(), b"/" + path.encode(), headers, body)
+        return response.status_code
+
+    async def aclose(self) -> None:
+        for pool in self._pools.values():
+            await pool.aclose()
+
+
 class Worker:
     def __init__(self) -> None:
-        self.http = httpx.AsyncClient(
-            headers={"authorization": BASIC},
-            timeout=HTTP_TIMEOUT,
-            limits=httpx.Limits(
-                max_connections=POOL, max_keepalive_connections=POOL, keepalive_expiry=5
-            ),
-        )
+        self.http = Http()
         self.gate = asyncio.Semaphore(POOL)
         self._sockets: dict[str, ClientConnection] = {}
         self._readers: list[asyncio.Task[None]] = []
@@ -164,18 +185,19 @@ class Worker:
         try:
             async with self.gate:
                 acquired = time.monotonic()
-                response = await self.http.post(url)
-            status, error = response.status_code, ""
+                status = await self.http.request("POST", url)
+            error = ""
         except Exception as exc:
             status, error = 0, _err(exc)
         self.claims.append((channel_id, app, offered, acquired, time.monotonic(), status, error))
 
     async def _release(self, base: str, channel_id: str) -> None:
         try:
+            url = f"{base}/ari/channels/{channel_id}/continue"
             async with self.gate:
-                response = await self.http.post(f"{base}/ari/channels/{channel_id}/continue")
-            if response.status_code >= 300:
-                self.release_errors.append(f"continue -> {response.status_code}")
+                status = await self.http.request("POST", url)
+            if status >= 300:
+                self.release_errors.append(f"continue -> {status}")
         except Exception as exc:
             self.release_errors.append(f"continue: {_err(exc)}")
 
@@ -210,9 +232,7 @@ class Worker:
         The ;2 leg (the one that runs the broadcast) gets channel id `<tag>-<n>-b`, so every
         CallBroadcast names the call it belongs to. Returns per call (id, sent, answered,
         status, error) and how late the schedule ran."""
-        url = f"{asterisk}/ari/channels"
         body = orjson.dumps({"variables": {"__BENCH_DATA": data}})
-        headers = {"content-type": "application/json"}
         results: list[tuple[str, float, float, int, str]] = []
         lag = 0.0
 
@@ -220,22 +240,24 @@ class Worker:
             # Asterisk refuses an id that is a prefix of an existing channel's id (409):
             # both legs get a terminating suffix.
             channel_id = f"{tag}-{n}-b"
-            params = {
-                "endpoint": f"Local/s@{context}",
-                "context": "bench-hold",
-                "extension": "s",
-                "priority": "1",
-                "timeout": "30",
-                "channelId": f"{tag}-{n}-a",
-                "otherChannelId": channel_id,
-            }
+            query = urlencode(
+                {
+                    "endpoint": f"Local/s@{context}",
+                    "context": "bench-hold",
+                    "extension": "s",
+                    "priority": "1",
+                    "timeout": "30",
+                    "channelId": f"{tag}-{n}-a",
+                    "otherChannelId": channel_id,
+                }
+            )
             sent = time.monotonic()  # the schedule's time: waiting for a connection counts
             try:
                 async with self.gate:
-                    response = await self.http.post(
-                        url, params=params, content=body, headers=headers
+                    status = await self.http.request(
+                        "POST", f"{asterisk}/ari/channels?{query}", body, "application/json"
                     )
-                status, error = response.status_code, ""
+                error = ""
             except Exception as exc:
                 status, error = 0, _err(exc)
             results.append((channel_id, sent, time.monotonic(), status, error))
@@ -259,19 +281,20 @@ class Worker:
         """`n` rounds of one request per URL, alternating the order every round (so drift
         and caching hit every URL alike); per URL, the latencies in seconds."""
         clock = time.perf_counter
-        get = self.http.get
+        request = self.http.request
         for _ in range(warmup):
             for url in urls:
-                (await get(url)).raise_for_status()
+                if (status := await request("GET", url)) != 200:
+                    raise RuntimeError(f"GET {url} -> {status}")
         out: list[list[float]] = [[] for _ in urls]
         order = list(range(len(urls)))
         for i in range(n):
             for k in order if i % 2 == 0 else reversed(order):
                 t0 = clock()
-                response = await get(urls[k])
+                status = await request("GET", urls[k])
                 out[k].append(clock() - t0)
-                if response.status_code != 200:
-                    raise RuntimeError(f"GET {urls[k]} -> {response.status_code}")
+                if status != 200:
+                    raise RuntimeError(f"GET {urls[k]} -> {status}")
         return out
 
     async def op_http_concurrent(
@@ -286,12 +309,11 @@ class Worker:
             nonlocal done, errors
             while time.monotonic() < deadline:
                 try:
-                    response = await self.http.get(url)
-                    if response.status_code == 200:
+                    if await self.http.request("GET", url) == 200:
                         done += 1
                     else:
                         errors += 1
-                except httpx.HTTPError:
+                except UpstreamError:
                     errors += 1
 
         await asyncio.gather(*(loop() for _ in range(concurrency)))
