@@ -3,10 +3,10 @@
     client <-> EventSession <-> Asterisk /ari/events (same query, same credentials)
 
 Frames from Asterisk pass through `Interceptor.upstream_frame` (the broadcast feature
-rewrites or drops some) into a bounded queue drained by one writer task, so a client that
-stops reading never blocks anyone else: when its queue is full the session is closed with
-1013. Frames from the client pass through `Interceptor.client_frame` (which answers claims
-itself) or go to Asterisk unchanged.
+rewrites or drops some) as they arrive, into a bounded queue drained by one writer task, so a
+client that stops reading never blocks anyone else: when its queue is full the session is
+closed with 1013. Frames from the client pass through `Interceptor.client_frame` (which
+answers claims itself) or go to Asterisk unchanged.
 """
 
 from __future__ import annotations
@@ -20,12 +20,10 @@ from urllib.parse import parse_qsl
 
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
-from websockets.asyncio.client import ClientConnection
-from websockets.exceptions import ConnectionClosed
 
-from .errors import ProxyError, json_error
+from .errors import ProxyError, UpstreamError, json_error
 from .registry import AppRegistry
-from .upstream.websocket import HandshakeRefused, open_events_socket
+from .upstream.websocket import CLOSE_TIMEOUT, EventsSocket, HandshakeRefused, open_events_socket
 
 __all__ = ["EventSession", "Interceptor", "SessionManager", "requested_apps"]
 
@@ -60,7 +58,7 @@ class EventSession:
     def __init__(
         self,
         websocket: WebSocket,
-        upstream: ClientConnection,
+        upstream: EventsSocket,
         apps: list[str],
         queue_size: int,
         interceptor: Interceptor,
@@ -111,8 +109,9 @@ class EventSession:
 
     async def run(self) -> None:
         """Relay until either side closes or `close` is called; then close both sides."""
+        self.upstream.start(self._from_upstream)
         tasks = [
-            asyncio.create_task(self._from_upstream(), name="from-upstream"),
+            asyncio.create_task(self._upstream_closed(), name="upstream-closed"),
             asyncio.create_task(self._from_client(), name="from-client"),
             asyncio.create_task(self._to_client(), name="to-client"),
             asyncio.create_task(self._done.wait(), name="done"),
@@ -124,21 +123,20 @@ class EventSession:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             code, reason = self._closing or (1000, "")
+            self.upstream.close()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.upstream.close(), 2)
+                await self.upstream.wait_closed(CLOSE_TIMEOUT)
             with contextlib.suppress(Exception):
                 await self.websocket.close(code, reason)
 
-    async def _from_upstream(self) -> None:
-        try:
-            async for text in self.upstream:
-                if not isinstance(text, str):
-                    continue  # ARI only sends text frames
-                out = self._interceptor.upstream_frame(self, text)
-                if out is not None:
-                    self.send_event(out)
-        except ConnectionClosed:
-            pass
+    def _from_upstream(self, text: str) -> None:
+        """Each frame from Asterisk, as it arrives (called from the socket's protocol)."""
+        out = self._interceptor.upstream_frame(self, text)
+        if out is not None:
+            self.send_event(out)
+
+    async def _upstream_closed(self) -> None:
+        await self.upstream.wait_closed()
         rcvd = self.upstream.close_code
         code = rcvd if rcvd in (1000, 1001, 1008, 1011) else CLOSE_UPSTREAM_GONE
         log.info("Asterisk closed the events socket for %s (%s)", ",".join(self.apps), rcvd)
@@ -160,9 +158,11 @@ class EventSession:
                         self.close(1007, "frames must be UTF-8 JSON")
                         return
                 if not await self._interceptor.client_frame(self, text):
-                    await self.upstream.send(text)
-        except (WebSocketDisconnect, ConnectionClosed):
+                    self.upstream.send(text)
+        except WebSocketDisconnect:
             self.close(1000, "")
+        except UpstreamError:
+            return  # Asterisk's side is closing: _upstream_closed ends the session
 
     async def _to_client(self) -> None:
         send = self.websocket.send_text
@@ -252,7 +252,7 @@ class SessionManager:
         try:
             await websocket.accept(subprotocol=upstream.subprotocol)
         except Exception:
-            await upstream.close()
+            upstream.close()
             raise
         self._sessions.add(session)
         self._none_left.clear()

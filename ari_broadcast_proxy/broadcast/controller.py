@@ -24,7 +24,7 @@ from ..config import Config
 from ..errors import ProxyError
 from ..metrics import Metrics
 from ..registry import AppRegistry
-from ..upstream.websocket import HandshakeRefused, open_events_socket
+from ..upstream.websocket import CLOSE_TIMEOUT, EventsSocket, HandshakeRefused, open_events_socket
 from ..upstream.ws_rest import RestOverWebSocket
 from .app_filter import AppFilter
 from .core import (
@@ -172,25 +172,23 @@ class BroadcastController:
                 await self._serve(socket)
             await asyncio.sleep(next(delays))
 
-    async def _serve(self, socket: Any) -> None:
+    async def _serve(self, socket: EventsSocket) -> None:
         self._calls = RestOverWebSocket(socket, self._config.upstream_timeout)
-        async with socket:
-            log.info("broadcast application %r registered on Asterisk", self._config.broadcast_app)
-            self._ready.set()
-            self._spawn(self._calls_over(self._calls), "probe")
-            self._spawn(self._recover(), "recover")
-            sweeper = asyncio.create_task(self._sweep(), name="sweep")
-            try:
-                async for text in socket:
-                    if isinstance(text, str):
-                        self._on_broadcast_event(text)
-            except Exception as exc:  # the connection broke mid-stream
-                log.warning("broadcast application socket failed: %r", exc)
-            finally:
-                sweeper.cancel()
-                self._ready.clear()
-                self._dialplan.attach(None)
-                self._calls.close()
+        log.info("broadcast application %r registered on Asterisk", self._config.broadcast_app)
+        self._ready.set()
+        self._spawn(self._calls_over(self._calls), "probe")
+        self._spawn(self._recover(), "recover")
+        sweeper = asyncio.create_task(self._sweep(), name="sweep")
+        socket.start(self._on_broadcast_event)  # every event is handled as it arrives
+        try:
+            await socket.wait_closed()
+        finally:
+            sweeper.cancel()
+            self._ready.clear()
+            self._dialplan.attach(None)
+            self._calls.close()
+            socket.close()
+            await socket.wait_closed(CLOSE_TIMEOUT)
         log.warning("broadcast application socket closed (%s); reconnecting", socket.close_code)
 
     async def _calls_over(self, calls: RestOverWebSocket) -> None:

@@ -101,7 +101,7 @@ class Dialplan:
         requests = [("POST", f"channels/{channel_id}/{action}", params) for action, params in calls]
         socket = self._socket
         if socket is not None:
-            statuses = socket.statuses(await socket.submit(requests))
+            statuses = socket.statuses(socket.submit(requests))
         else:
             statuses = self._over_http(requests)
         logged = [action for action, _ in calls][: required or None]

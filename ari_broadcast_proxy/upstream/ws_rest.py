@@ -31,16 +31,14 @@ class RestOverWebSocket:
     async def probe(self, timeout: float = 2.0) -> bool:
         """Whether this Asterisk answers RESTRequest frames at all."""
         try:
-            [future] = await self.submit([("GET", "asterisk/ping", {})])
+            [future] = self.submit([("GET", "asterisk/ping", {})])
             return await asyncio.wait_for(future, timeout) == 200
         except (UpstreamError, TimeoutError):
             return False
 
-    async def submit(
-        self, calls: list[tuple[str, str, dict[str, Any]]]
-    ) -> list[asyncio.Future[int]]:
-        """Write each (method, path, params) as a RESTRequest, in order, without waiting for
-        answers; each future resolves to the status code."""
+    def submit(self, calls: list[tuple[str, str, dict[str, Any]]]) -> list[asyncio.Future[int]]:
+        """Write each (method, path, params) as a RESTRequest, in order, now, without
+        waiting for answers; each future resolves to the status code."""
         if self._closed:
             raise UpstreamError("the broadcast application's socket is closed")
         loop = asyncio.get_running_loop()
@@ -58,7 +56,7 @@ class RestOverWebSocket:
                 "uri": uri,
             }
             try:
-                await self._socket.send(orjson.dumps(frame).decode())
+                self._socket.send(orjson.dumps(frame).decode())
             except Exception as exc:
                 self._pending.pop(transaction, None)
                 raise UpstreamError(f"writing to the broadcast socket failed: {exc!r}") from exc
@@ -67,7 +65,7 @@ class RestOverWebSocket:
 
     async def run(self, calls: list[tuple[str, str, dict[str, Any]]]) -> list[int]:
         """Submit in order and wait for every status (bounded by the upstream timeout)."""
-        return await self.statuses(await self.submit(calls))
+        return await self.statuses(self.submit(calls))
 
     async def statuses(self, futures: list[asyncio.Future[int]]) -> list[int]:
         """Wait for the statuses of submitted calls (bounded by the upstream timeout)."""

@@ -18,7 +18,7 @@ class Recorder:
         self.frames: list[dict[str, object]] = []
         self.fail = fail
 
-    async def send(self, text: str) -> None:
+    def send(self, text: str) -> None:
         if self.fail:
             raise ConnectionError("gone")
         self.frames.append(orjson.loads(text))
@@ -27,7 +27,7 @@ class Recorder:
 async def test_calls_are_written_in_order_and_answered_by_transaction() -> None:
     socket = Recorder()
     calls = RestOverWebSocket(socket, timeout=1)
-    futures = await calls.submit(
+    futures = calls.submit(
         [
             ("POST", "channels/1/variable", {"variable": "V", "value": "a,b"}),
             ("POST", "channels/1/continue", {"label": "claimed"}),
@@ -56,15 +56,15 @@ async def test_run_times_out_as_an_upstream_timeout() -> None:
 
 async def test_close_fails_everything_pending_and_later_calls() -> None:
     calls = RestOverWebSocket(Recorder(), timeout=1)
-    [future] = await calls.submit([("GET", "asterisk/ping", {})])
+    [future] = calls.submit([("GET", "asterisk/ping", {})])
     calls.close()
     with pytest.raises(UpstreamError):
         await future
     with pytest.raises(UpstreamError):
-        await calls.submit([("GET", "asterisk/ping", {})])
+        calls.submit([("GET", "asterisk/ping", {})])
 
 
 async def test_a_broken_socket_is_an_upstream_error() -> None:
     with pytest.raises(UpstreamError):
-        await RestOverWebSocket(Recorder(fail=True), timeout=1).submit([("GET", "x", {})])
+        RestOverWebSocket(Recorder(fail=True), timeout=1).submit([("GET", "x", {})])
     await asyncio.sleep(0)
