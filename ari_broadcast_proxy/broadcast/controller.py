@@ -299,6 +299,9 @@ class BroadcastController:
         if not self.core.knows(channel_id, now):
             return None
         broadcast = self.core.get(channel_id)
+        if broadcast is not None and broadcast.session_started:
+            await self._confirm_session(broadcast)
+            broadcast = self.core.get(channel_id)
         outcome, commands = self.core.claim(channel_id, app, now)
         for command in commands:
             if isinstance(command, HandOver):
@@ -311,6 +314,18 @@ class BroadcastController:
         level = logging.INFO if outcome in _NOTABLE_CLAIMS else logging.DEBUG
         _log(level, channel_id, "claim by %r -> %d", app, outcome.value)
         return outcome
+
+    async def _confirm_session(self, broadcast: Broadcast[Offer]) -> None:
+        """A claim during the winner's session: native answers 409 until the session ends,
+        404 from then on, while the proxy learns of the end from a StasisEnd that may still
+        be on its way. Asterisk is asked (rarely needed: the race is over by then)."""
+        winner = broadcast.winner or ""
+        try:
+            held = broadcast.channel_id in await self._dialplan.channels_in(winner)
+        except ProxyError:
+            return  # cannot tell: the session goes on (409)
+        if not held and self.core.get(broadcast.channel_id) is broadcast:
+            self._end_session(broadcast.channel_id)
 
     def is_locked(self, channel_id: str) -> bool:
         """True while no application controls the channel (native: not in Stasis)."""
