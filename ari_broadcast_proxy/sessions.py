@@ -71,6 +71,8 @@ class EventSession:
         self.query = dict(parse_qsl(websocket.url.query, keep_blank_values=True))
         self.headers = {k: v for k, v in websocket.headers.items() if k in _FORWARDED_HEADERS}
         self._queue: asyncio.Queue[str] = asyncio.Queue(queue_size)
+        self._high_water = max(1, queue_size // 2)
+        self._reading_paused = False
         self._interceptor = interceptor
         self._closing: tuple[int, str] | None = None
         self._done = asyncio.Event()
@@ -130,10 +132,23 @@ class EventSession:
                 await self.websocket.close(code, reason)
 
     def _from_upstream(self, text: str) -> None:
-        """Each frame from Asterisk, as it arrives (called from the socket's protocol)."""
+        """Each frame from Asterisk, as it arrives (called from the socket's protocol).
+
+        One loop iteration can read megabytes of a flood of events before the writer gets
+        a turn: past half the queue, reading stops until that turn is over (not until the
+        client has read: a client that does not drain still fills its queue and is closed)."""
         out = self._interceptor.upstream_frame(self, text)
-        if out is not None:
-            self.send_event(out)
+        if out is None:
+            return
+        self.send_event(out)
+        if not self._reading_paused and self._queue.qsize() >= self._high_water:
+            self._reading_paused = True
+            self.upstream.pause_reading()
+            asyncio.get_running_loop().call_soon(self._resume_reading)  # after the writer
+
+    def _resume_reading(self) -> None:
+        self._reading_paused = False
+        self.upstream.resume_reading()
 
     async def _upstream_closed(self) -> None:
         await self.upstream.wait_closed()

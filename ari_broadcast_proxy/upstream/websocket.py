@@ -92,6 +92,14 @@ class EventsSocket(asyncio.Protocol):
             self._abort("Asterisk stopped reading")
             raise UpstreamError("Asterisk stopped reading the events socket")
 
+    def pause_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.resume_reading()
+
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake (bounded by CLOSE_TIMEOUT)."""
         if self._protocol.state is State.OPEN:

@@ -129,6 +129,27 @@ async def test_subscribe_all_passes_through(ari: Ari, proxy: ProxyProcess) -> No
         assert not [e for e in plain.received if e.get("channel", {}).get("id") == channel["id"]]
 
 
+async def test_a_flood_of_events_reaches_a_reading_client_whole(
+    ari: Ari, proxy: ProxyProcess
+) -> None:
+    """Asterisk publishes faster than the proxy relays: the proxy reads no more than its
+    writer can take in a turn, instead of filling the client's queue (1013) in one read."""
+    app = f"ws-flood-{token()}"
+    url = ws_url(proxy.base, f"app={app}&subscribeAll=true&api_key={USER}:{PASSWORD}")
+    async with connect(url, max_size=None, compression=None) as socket:
+        await ari.originate("Local/s@tests-flood", variables={"__FLOOD_COUNT": "3000"})
+        flood = 0
+        async with asyncio.timeout(60):
+            while True:
+                frame = await socket.recv()
+                if '"eventname":"flood"' in frame:
+                    flood += 1
+                elif '"eventname":"flood-end"' in frame:
+                    break
+        assert flood == 3000
+        assert socket.close_code is None
+
+
 @pytest.mark.parametrize(
     "query",
     [
