@@ -84,6 +84,11 @@ STASIS_CONTROL = frozenset(
     }
 )
 _CHANNEL_OP = re.compile(r"^channels/([^/]+)/([^/]+)")
+# Requests that end a channel's Stasis session when Asterisk accepts them: continue, hangup.
+_RELEASES = {
+    "POST": re.compile(r"^channels/([^/]+)/continue$"),
+    "DELETE": re.compile(r"^channels/([^/]+)$"),
+}
 _JSON = [(b"content-type", b"application/json")]
 
 
@@ -238,6 +243,10 @@ class Passthrough:
             headers = end_to_end_headers(upstream.raw_headers)
             return _Answer(upstream.status_code, headers, stream=upstream)
         content = await upstream.read()
+        release = _RELEASES.get(request.method)
+        released = release.match(path) if release and 200 <= upstream.status_code < 300 else None
+        if released:
+            self._controller.released(released.group(1))
         if upstream.status_code >= 500:
             log.warning(
                 "%s /ari/%s -> %d from Asterisk", request.method, path, upstream.status_code

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 
 HANDOVER_WATCHDOG = 5.0  # seconds for the winner's StasisStart to show up after `continue`
 SWEEP_INTERVAL = 30.0  # how often claimed broadcasts are checked against live channels
+RELEASE_GRACE = 5.0  # seconds a released channel's snapshots are still presented as native's
 _NOTABLE_CLAIMS = frozenset({ClaimOutcome.WON, ClaimOutcome.NOT_OFFERED})
 
 
@@ -299,9 +300,6 @@ class BroadcastController:
         if not self.core.knows(channel_id, now):
             return None
         broadcast = self.core.get(channel_id)
-        if broadcast is not None and broadcast.session_started:
-            await self._confirm_session(broadcast)
-            broadcast = self.core.get(channel_id)
         outcome, commands = self.core.claim(channel_id, app, now)
         for command in commands:
             if isinstance(command, HandOver):
@@ -315,17 +313,18 @@ class BroadcastController:
         _log(level, channel_id, "claim by %r -> %d", app, outcome.value)
         return outcome
 
-    async def _confirm_session(self, broadcast: Broadcast[Offer]) -> None:
-        """A claim during the winner's session: native answers 409 until the session ends,
-        404 from then on, while the proxy learns of the end from a StasisEnd that may still
-        be on its way. Asterisk is asked (rarely needed: the race is over by then)."""
-        winner = broadcast.winner or ""
-        try:
-            held = broadcast.channel_id in await self._dialplan.channels_in(winner)
-        except ProxyError:
-            return  # cannot tell: the session goes on (409)
-        if not held and self.core.get(broadcast.channel_id) is broadcast:
-            self._end_session(broadcast.channel_id)
+    def released(self, channel_id: str) -> None:
+        """Asterisk accepted a `continue` or hangup of the channel through the proxy: if it
+        was the winner's, its session is over, as native answers claims from then on (404);
+        the StasisEnd that says so can still be on its way when the next claim arrives."""
+        broadcast = self.core.get(channel_id)
+        if broadcast is None or not broadcast.session_started:
+            return
+        self.core.session_ended(channel_id, self._now())
+        # Its StasisEnd, still to come, must read as native's too: forget it a bit later.
+        asyncio.get_running_loop().call_later(
+            RELEASE_GRACE, self.presenter.forget, channel_id, broadcast.context.invocation
+        )
 
     def is_locked(self, channel_id: str) -> bool:
         """True while no application controls the channel (native: not in Stasis)."""

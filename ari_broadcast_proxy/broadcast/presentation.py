@@ -111,8 +111,11 @@ class Presenter:
     def remember(self, channel_id: str, invocation: Invocation) -> None:
         self._invocations[channel_id] = invocation
 
-    def forget(self, channel_id: str) -> None:
-        self._invocations.pop(channel_id, None)
+    def forget(self, channel_id: str, invocation: Invocation | None = None) -> None:
+        """Stop rewriting the channel's snapshots (only if they are still those of
+        `invocation`, when given: the channel may have entered a broadcast again)."""
+        if invocation is None or self._invocations.get(channel_id) is invocation:
+            self._invocations.pop(channel_id, None)
 
     def channel(self, channel: dict[str, Any]) -> dict[str, Any]:
         """Rewrite one snapshot in place (if it belongs to a broadcast) and return it."""

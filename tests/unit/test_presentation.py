@@ -43,3 +43,15 @@ def test_a_snapshot_in_the_subroutine_reads_as_native() -> None:
         "app_name": "StasisBroadcast",
         "app_data": "5000,,a:b",
     }
+
+
+def test_forgetting_an_older_invocation_keeps_the_current_one() -> None:
+    presenter = Presenter("broadcast", "stasis-broadcast")
+    first = Invocation("subroutine", "5000", "from-sip", "100", 3)
+    again = Invocation("subroutine", "5000", "from-sip", "100", 6)
+    presenter.remember("c-1", first)
+    presenter.remember("c-1", again)  # the channel entered a broadcast once more
+    presenter.forget("c-1", first)
+    assert len(presenter) == 1
+    presenter.forget("c-1", again)
+    assert len(presenter) == 0
