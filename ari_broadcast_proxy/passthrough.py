@@ -266,7 +266,6 @@ class _Request:
     """The parts of an ASGI HTTP scope the passthrough reads, taken as they are needed."""
 
     def __init__(self, scope: Scope, receive: Receive, raw_path: bytes) -> None:
-        self._scope = scope
         self._receive = receive
         self._raw_path = raw_path
         self.method: str = scope["method"]
@@ -274,11 +273,16 @@ class _Request:
         self.scheme: str = scope.get("scheme", "http")
         self._query: bytes = scope.get("query_string", b"")
 
+    @functools.cached_property
+    def _first_values(self) -> dict[bytes, bytes]:
+        values: dict[bytes, bytes] = {}
+        for key, value in self.headers:  # ASGI names are lowercase
+            values.setdefault(key, value)
+        return values
+
     def header(self, name: bytes) -> str | None:
-        for key, value in self.headers:
-            if key == name:
-                return value.decode("latin-1")
-        return None
+        value = self._first_values.get(name)
+        return None if value is None else value.decode("latin-1")
 
     def target(self) -> bytes:
         """The request target below /ari, byte for byte (Asterisk decodes it itself)."""
@@ -308,23 +312,22 @@ class _Request:
             if declared is not None and declared <= DRAIN_LIMIT:
                 await self._drain()
             raise ProxyError("Request body too large", 413)
-        chunks, size = [], 0
-        async for chunk in self._chunks():
+        chunks, size, more = [], 0, True
+        while more:
+            chunk, more = await self._chunk()
             size += len(chunk)
             if size > limit:
                 await self._drain(size)
                 raise ProxyError("Request body too large", 413)
             chunks.append(chunk)
-        return b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    async def _chunks(self):  # type: ignore[no-untyped-def]
-        while True:
-            message = await self._receive()
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-            yield message.get("body", b"")
-            if not message.get("more_body", False):
-                return
+    async def _chunk(self) -> tuple[bytes, bool]:
+        """The next piece of the body, and whether more follows."""
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            raise _ClientGone
+        return message.get("body", b""), message.get("more_body", False)
 
     async def _drain(self, size: int = 0) -> None:
         """Read and drop a refused body (up to DRAIN_LIMIT, for DRAIN_SECONDS at most) so the
@@ -332,10 +335,10 @@ class _Request:
         client that declared a body and stalls gets its 413 when the time is up."""
         try:
             async with asyncio.timeout(DRAIN_SECONDS):
-                async for chunk in self._chunks():
+                more = True
+                while more and size <= DRAIN_LIMIT:
+                    chunk, more = await self._chunk()
                     size += len(chunk)
-                    if size > DRAIN_LIMIT:
-                        return
         except (TimeoutError, _ClientGone):
             return
 
