@@ -112,7 +112,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        if self._head is None:
+        if self._head is None or self.complete:
             self.close()  # nothing was asked: not an HTTP/1.1 server we can trust
             return
         self._received = True
@@ -136,6 +136,10 @@ class _Connection(asyncio.Protocol):
             self._fail(kind(f"Asterisk closed the connection mid-answer ({why})"))
 
     # -- httptools callbacks --------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second answer to one request: this connection is not reused
+            self.keep_alive = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers.append((name, value))

@@ -139,6 +139,23 @@ async def test_a_connection_closed_while_idle_is_replaced(serve) -> None:  # typ
     assert server.connections == 2
 
 
+async def test_bytes_nobody_asked_for_retire_the_connection(serve) -> None:  # type: ignore[no-untyped-def]
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await server.read_head(reader)
+            writer.write(answer(b"ok") + b"HTTP/1.1 200 OK\r\n")  # and the start of another
+
+    server = await serve(handler)
+    pool = server.pool()
+    try:
+        assert (await pool.request(b"GET", b"/ari/a")).content == b"ok"
+        await asyncio.sleep(0.05)
+        assert (await pool.request(b"GET", b"/ari/a")).content == b"ok"
+    finally:
+        await pool.aclose()
+    assert server.connections == 2  # the first one was not trusted again
+
+
 async def test_stale_connection_is_retried_for_idempotent_requests_only(serve) -> None:  # type: ignore[no-untyped-def]
     """A kept-alive connection the server drops on the next request, before answering."""
 
