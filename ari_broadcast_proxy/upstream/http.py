@@ -57,6 +57,7 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._received = False
         self._until_close = False
+        self._stray = False
         self.complete = False
         self.keep_alive = False
         self._error: UpstreamError | None = None
@@ -69,6 +70,8 @@ class _Connection(asyncio.Protocol):
         self._head = self._loop.create_future()
         self._status, self._headers, self.complete, self._received = 0, [], False, False
         self._until_close = False
+        self._chunks.clear()
+        self._buffered = 0
         self._error = None
         self.transport.write(data)
         return self._head
@@ -76,6 +79,15 @@ class _Connection(asyncio.Protocol):
     @property
     def status(self) -> int:
         return self._status
+
+    @property
+    def reusable(self) -> bool:
+        """The answer was read to its end and nothing else came: the next request may go."""
+        return (
+            self.complete
+            and self.keep_alive
+            and not (self.closed or self._stray or self._paused or self._chunks)
+        )
 
     @property
     def headers(self) -> Headers:
@@ -126,7 +138,7 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self._head is None or self.complete:
             return
-        if self._until_close:  # a body without framing ends with the connection
+        if self._until_close and exc is None:  # a body without framing ends with the close
             self.on_message_complete()
             self.keep_alive = False
             return
@@ -138,13 +150,16 @@ class _Connection(asyncio.Protocol):
     # -- httptools callbacks --------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        if self.complete:  # a second answer to one request: this connection is not reused
-            self.keep_alive = False
+        if self.complete:  # a second answer to one request: ignored, and never reused
+            self._stray = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        if not self._stray:
+            self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        if self._stray:
+            return
         self._status = self._parser.get_status_code()
         self.keep_alive = self._parser.should_keep_alive()
         framed = any(name.lower() in _FRAMING for name, _ in self._headers)
@@ -153,6 +168,8 @@ class _Connection(asyncio.Protocol):
             self._head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self._stray:
+            return
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _PAUSE_AT and not self._paused and self.transport is not None:
@@ -161,6 +178,8 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self._stray:
+            return
         self.complete = True
         self.keep_alive = self.keep_alive and self._parser.should_keep_alive()
         self._wake()
@@ -333,7 +352,7 @@ class HttpPool:
         """End an exchange: a complete, kept-alive connection waits for the next request."""
         self._busy.discard(connection)
         self._slots.release()
-        if connection.complete and connection.keep_alive and not connection.closed:
+        if connection.reusable:
             connection.idle_since = time.monotonic()
             self._idle.append(connection)
         else:

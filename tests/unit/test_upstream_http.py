@@ -143,14 +143,16 @@ async def test_bytes_nobody_asked_for_retire_the_connection(serve) -> None:  # t
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             await server.read_head(reader)
-            writer.write(answer(b"ok") + b"HTTP/1.1 200 OK\r\n")  # and the start of another
+            writer.write(answer(b"ok") + answer(b"bad", b"404 Not Found"))  # and another
 
     server = await serve(handler)
     pool = server.pool()
     try:
-        assert (await pool.request(b"GET", b"/ari/a")).content == b"ok"
-        await asyncio.sleep(0.05)
-        assert (await pool.request(b"GET", b"/ari/a")).content == b"ok"
+        for _ in range(2):
+            response = await pool.request(b"GET", b"/ari/a")
+            assert (response.status_code, response.content) == (200, b"ok")
+            assert [v for k, v in response.raw_headers if k.lower() == b"content-length"] == [b"2"]
+            await asyncio.sleep(0.05)
     finally:
         await pool.aclose()
     assert server.connections == 2  # the first one was not trusted again
@@ -265,3 +267,23 @@ async def test_a_streamed_body_is_read_with_back_pressure(serve) -> None:  # typ
     finally:
         await pool.aclose()
     assert server.connections == 1  # the first answer was read to its end: one connection
+
+
+async def test_an_abandoned_answer_never_reaches_the_next_request(serve) -> None:  # type: ignore[no-untyped-def]
+    bodies = iter([b"f" * 200_000, b"second"])  # one answer after the other, any connection
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await server.read_head(reader)
+            writer.write(answer(next(bodies)))
+
+    server = await serve(handler)
+    pool = server.pool(max_connections=1)
+    try:
+        first = await pool.request(b"GET", b"/ari/big", stream=True)
+        await asyncio.sleep(0.1)  # the whole body is buffered, none of it read
+        first.release()
+        assert (await pool.request(b"GET", b"/ari/next")).content == b"second"
+    finally:
+        await pool.aclose()
+    assert server.connections == 2
