@@ -62,6 +62,12 @@ class _HandOff(logging.handlers.QueueHandler):
         self.dropped = 0
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        # The message itself is merged here (cheap, and the arguments may change once the
+        # loop moves on); the formatting and the write happen on the writer thread.
+        try:
+            record.msg, record.args = record.getMessage(), None
+        except Exception:
+            self.handleError(record)
         return record
 
     def enqueue(self, record: logging.LogRecord) -> None:
@@ -82,6 +88,21 @@ class _HandOff(logging.handlers.QueueHandler):
             self.dropped += 1
 
 
+class _Listener(logging.handlers.QueueListener):
+    """A writer thread that survives a failing filter or handler, and whose stop waits for
+    room in a full backlog instead of failing."""
+
+    def handle(self, record: logging.LogRecord) -> None:
+        try:
+            super().handle(record)
+        except Exception:
+            for handler in self.handlers:
+                handler.handleError(record)
+
+    def enqueue_sentinel(self) -> None:
+        self.queue.put(self._sentinel, timeout=5)  # type: ignore[attr-defined]
+
+
 class LogWriter:
     """The writer thread; `stop()` writes what is still queued, ends it, and from then on
     the root logger writes directly (the process is exiting)."""
@@ -90,7 +111,7 @@ class LogWriter:
         backlog: queue.Queue[logging.LogRecord] = queue.Queue(BACKLOG)
         self.hand_off = _HandOff(backlog)
         self._handler = handler
-        self._listener = logging.handlers.QueueListener(backlog, handler)
+        self._listener = _Listener(backlog, handler)
         self._listener.start()
         self._running = True
 

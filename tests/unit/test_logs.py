@@ -51,3 +51,25 @@ def test_uvicorn_websocket_access_lines_are_dropped(monkeypatch: pytest.MonkeyPa
     assert "Started server process [42]" in out
     assert "url /ari?api_key=<redacted>" in out
     assert "u:p" not in out
+
+
+def test_a_record_that_cannot_be_formatted_does_not_stop_the_writer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = io.StringIO()
+    monkeypatch.setattr("sys.stderr", stream)
+    monkeypatch.setattr(logging, "raiseExceptions", False)  # handleError stays quiet
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    writer = None
+    try:
+        writer = configure_logging("info", as_json=False)
+        logging.getLogger("other").info("two %s %s", "but one argument")  # noqa: PLE1206
+        logging.getLogger("other").info("still %s", "written")
+    finally:
+        if writer is not None:
+            writer.stop()
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        logging.getLogger("uvicorn.error").filters.clear()
+    assert "still written" in stream.getvalue()
