@@ -55,13 +55,21 @@ class RestOverWebSocket:
                 "method": method,
                 "uri": uri,
             }
+            futures.append(future)
             try:
                 self._socket.send(orjson.dumps(frame).decode())
             except Exception as exc:
-                self._pending.pop(transaction, None)
+                self._forget(futures)  # the batch as a whole failed; nobody waits for it
                 raise UpstreamError(f"writing to the broadcast socket failed: {exc!r}") from exc
-            futures.append(future)
         return futures
+
+    def _forget(self, futures: list[asyncio.Future[int]]) -> None:
+        gone = set(futures)
+        for transaction, future in list(self._pending.items()):
+            if future in gone:
+                del self._pending[transaction]
+        for future in futures:
+            future.cancel()
 
     async def run(self, calls: list[tuple[str, str, dict[str, Any]]]) -> list[int]:
         """Submit in order and wait for every status (bounded by the upstream timeout)."""
@@ -72,6 +80,7 @@ class RestOverWebSocket:
         try:
             return list(await asyncio.wait_for(asyncio.gather(*futures), self._timeout))
         except TimeoutError:
+            self._forget(futures)
             raise UpstreamTimeout(
                 "Asterisk did not answer over the broadcast socket in time"
             ) from None

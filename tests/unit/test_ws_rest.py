@@ -14,12 +14,13 @@ from ari_broadcast_proxy.upstream.ws_rest import RestOverWebSocket
 class Recorder:
     """Stands in for the socket's write side only; answers are fed back explicitly."""
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, fail_after: int | None = None) -> None:
         self.frames: list[dict[str, object]] = []
         self.fail = fail
+        self.fail_after = fail_after
 
     def send(self, text: str) -> None:
-        if self.fail:
+        if self.fail or (self.fail_after is not None and len(self.frames) >= self.fail_after):
             raise ConnectionError("gone")
         self.frames.append(orjson.loads(text))
 
@@ -68,3 +69,18 @@ async def test_a_broken_socket_is_an_upstream_error() -> None:
     with pytest.raises(UpstreamError):
         RestOverWebSocket(Recorder(fail=True), timeout=1).submit([("GET", "x", {})])
     await asyncio.sleep(0)
+
+
+async def test_a_batch_that_breaks_half_way_leaves_nothing_pending() -> None:
+    socket = Recorder(fail_after=1)
+    calls = RestOverWebSocket(socket, timeout=1)
+    with pytest.raises(UpstreamError):
+        calls.submit([("POST", "channels/1/move", {"app": "a"}), ("POST", "channels/1/x", {})])
+    [written] = socket.frames
+    answer = {
+        "type": "RESTResponse",
+        "transaction_id": written["transaction_id"],
+        "status_code": 204,
+    }
+    assert not calls.on_response(answer)  # nobody waits for the first call any more
+    calls.close()  # and nothing is left to fail (no "exception never retrieved")
