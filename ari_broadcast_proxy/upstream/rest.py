@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import ssl
 from collections.abc import Iterable, Mapping
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 from ..config import Config
 from ..errors import UpstreamError, UpstreamTimeout
@@ -77,7 +77,9 @@ class UpstreamRest:
     ) -> HttpResponse:
         """One small ARI call, body read. `path` has no /ari/. With the proxy's credentials,
         or (`as_proxy=False`) with only the client's `authorization`, if any."""
-        target = "/" + path.lstrip("/") + ("?" + urlencode(params) if params else "")
+        target = (
+            "/" + quote(path.lstrip("/"), safe="/") + ("?" + urlencode(params) if params else "")
+        )
         if as_proxy:
             authorization = self._authorization
         headers = [(b"authorization", authorization.encode("latin-1"))] if authorization else []
