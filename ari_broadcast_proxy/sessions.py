@@ -177,7 +177,7 @@ class EventSession:
         except WebSocketDisconnect:
             self.close(1000, "")
         except UpstreamError:
-            return  # Asterisk's side is closing: _upstream_closed ends the session
+            self.close(CLOSE_UPSTREAM_GONE, "Asterisk closed the connection")
 
     async def _to_client(self) -> None:
         send = self.websocket.send_text

@@ -65,6 +65,7 @@ class EventsSocket(asyncio.Protocol):
         self._on_text: Callable[[str], None] | None = None
         self._early: list[str] = []
         self._fragments: list[bytes] | None = None
+        self._failed = False
         self._ping: bytes | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
@@ -102,11 +103,13 @@ class EventsSocket(asyncio.Protocol):
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake (bounded by CLOSE_TIMEOUT)."""
-        if self._protocol.state is State.OPEN:
+        state = self._protocol.state
+        if state is State.OPEN:
             self._protocol.send_close(code, reason)
             self._flush()
-        elif self._transport is not None and not self.closed.done():
+        elif state is State.CONNECTING and self._transport is not None:
             self._transport.abort()
+        # CLOSING: the handshake is under way (bounded by CLOSE_TIMEOUT); CLOSED: nothing.
 
     async def wait_closed(self, timeout: float | None = None) -> None:
         try:
@@ -154,6 +157,9 @@ class EventsSocket(asyncio.Protocol):
         self._flush()
 
     def _handshake_done(self, response: Response) -> None:
+        if self._handshake.done():  # nobody waits any more (the connect was abandoned)
+            self.close()
+            return
         error = self._protocol.handshake_exc
         if error is None:
             self.subprotocol = self._protocol.subprotocol
@@ -187,9 +193,12 @@ class EventsSocket(asyncio.Protocol):
         # Pings are answered and closes handled by the protocol; ARI sends no binary frames.
 
     def _text(self, data: bytes | bytearray | memoryview) -> None:
+        if self._failed:
+            return  # the connection failed on an earlier frame of the same read
         try:
             text = bytes(data).decode()
         except UnicodeDecodeError:
+            self._failed = True
             self._protocol.fail(1007, "invalid UTF-8")
             return
         if self._on_text is None:
@@ -274,7 +283,7 @@ async def open_events_socket(
         raise UpstreamTimeout("Asterisk did not complete the WebSocket handshake in time") from exc
     except OSError as exc:
         raise UpstreamError(f"Asterisk is unreachable ({type(exc).__name__}: {exc})") from exc
-    except (HandshakeRefused, UpstreamError):
+    except BaseException:  # refused, failed or cancelled: nothing is left open
         if socket is not None:
             socket.close()
         raise
