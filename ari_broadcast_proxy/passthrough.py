@@ -109,7 +109,7 @@ class _Answer:
     def json(cls, status: int, document: object, headers: Headers | None = None) -> _Answer:
         return cls(status, [*_JSON, *(headers or [])], orjson.dumps(document))
 
-    async def send(self, send: Send) -> None:
+    async def send(self, send: Send, receive: Receive) -> None:
         if self.stream is None:
             headers = self.headers
             if self.status >= 200 and self.status not in (204, 304):  # those carry no body
@@ -117,13 +117,19 @@ class _Answer:
             await send({"type": "http.response.start", "status": self.status, "headers": headers})
             await send({"type": "http.response.body", "body": self.body})
             return
+        # The request was read: the next message is the client going away, if it does (the
+        # server's send then returns silently, and Asterisk's answer would be read for nobody).
+        gone = asyncio.ensure_future(receive())
         try:
             start = {"type": "http.response.start", "status": self.status, "headers": self.headers}
             await send(start)
             async for chunk in self.stream.iter_body():
+                if gone.done():
+                    return  # the connection to Asterisk is dropped with the unread rest
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
         finally:
+            gone.cancel()
             self.stream.release()
 
     async def buffered(self) -> Response:
@@ -161,7 +167,7 @@ class Passthrough:
             answer = await self._answer(scope, receive)
         except _ClientGone:
             return
-        await answer.send(send)
+        await answer.send(send, receive)
 
     async def handle_upgrade(self, websocket: WebSocket) -> None:
         """A WebSocket upgrade on a REST path: Asterisk ignores the upgrade and answers the
