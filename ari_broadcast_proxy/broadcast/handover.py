@@ -79,10 +79,6 @@ class Dialplan:
         """Carry channel calls over the broadcast application's socket (None: over HTTP)."""
         self._socket = socket
 
-    @property
-    def over_websocket(self) -> bool:
-        return self._socket is not None
-
     async def _channel_calls(
         self, channel_id: str, calls: list[tuple[str, dict[str, Any]]], required: int = 0
     ) -> list[int]:

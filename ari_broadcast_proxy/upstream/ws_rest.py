@@ -71,10 +71,6 @@ class RestOverWebSocket:
         for future in futures:
             future.cancel()
 
-    async def run(self, calls: list[tuple[str, str, dict[str, Any]]]) -> list[int]:
-        """Submit in order and wait for every status (bounded by the upstream timeout)."""
-        return await self.statuses(self.submit(calls))
-
     async def statuses(self, futures: list[asyncio.Future[int]]) -> list[int]:
         """Wait for the statuses of submitted calls (bounded by the upstream timeout)."""
         try:

@@ -50,9 +50,10 @@ async def test_probe_fails_on_an_asterisk_that_never_answers() -> None:
     assert not await RestOverWebSocket(Recorder(), timeout=1).probe(timeout=0.05)
 
 
-async def test_run_times_out_as_an_upstream_timeout() -> None:
+async def test_waiting_for_statuses_times_out_as_an_upstream_timeout() -> None:
     with pytest.raises(UpstreamTimeout):
-        await RestOverWebSocket(Recorder(), timeout=0.05).run([("GET", "asterisk/ping", {})])
+        calls = RestOverWebSocket(Recorder(), timeout=0.05)
+        await calls.statuses(calls.submit([("GET", "asterisk/ping", {})]))
 
 
 async def test_close_fails_everything_pending_and_later_calls() -> None:
