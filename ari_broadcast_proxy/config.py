@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import base64
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,12 @@ class Config:
     @property
     def upstream_ws(self) -> str:
         return "ws" + self.upstream_ari[4:]
+
+    @property
+    def authorization(self) -> str:
+        """The proxy's own Authorization header value towards Asterisk (Basic)."""
+        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        return "Basic " + token
 
     @classmethod
     def from_argv(cls, argv: Sequence[str], environ: Mapping[str, str]) -> Config:

@@ -9,7 +9,6 @@ call `observe_upstream_frame` so broadcast channels read as native's.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import random
@@ -152,8 +151,7 @@ class BroadcastController:
 
     async def _run_upstream(self) -> None:
         url = f"{self._config.upstream_ws}/events?app={self._config.broadcast_app}"
-        token = base64.b64encode(f"{self._config.username}:{self._config.password}".encode())
-        headers = {"authorization": "Basic " + token.decode()}
+        headers = {"authorization": self._config.authorization}
         delays = backoff()
         while True:
             try:

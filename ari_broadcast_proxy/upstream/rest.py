@@ -8,7 +8,6 @@ Asterisk's http.conf `sessionlimit` so the proxy never trips it. The pool keeps 
 
 from __future__ import annotations
 
-import base64
 import ssl
 from collections.abc import Iterable, Mapping
 from urllib.parse import quote, urlencode, urlsplit
@@ -40,8 +39,7 @@ class UpstreamRest:
             tls=ssl.create_default_context() if secure else None,
         )
         self.ari_path = url.path.encode("latin-1")  # b"/ari", or under http.conf's prefix
-        token = base64.b64encode(f"{config.username}:{config.password}".encode()).decode()
-        self._authorization = "Basic " + token
+        self._authorization = config.authorization
 
     async def aclose(self) -> None:
         await self._pool.aclose()

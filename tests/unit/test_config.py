@@ -65,3 +65,8 @@ def test_required_settings(missing: str) -> None:
     with pytest.raises(ConfigError, match="is required") as error:
         Config.from_argv(argv, {})
     assert error.value.setting == missing
+
+
+def test_the_proxys_own_credentials_as_a_basic_authorization() -> None:
+    config = Config(upstream="http://127.0.0.1:8088", username="broadcast-proxy", password="p:w")
+    assert config.authorization == "Basic YnJvYWRjYXN0LXByb3h5OnA6dw=="
