@@ -69,9 +69,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self._head = self._loop.create_future()
         self._status, self._headers, self.complete, self._received = 0, [], False, False
-        self._until_close = False
-        self._chunks.clear()
-        self._buffered = 0
+        self._until_close = False  # the body buffer is empty: only reusable ones come here
         self._error = None
         self.transport.write(data)
         return self._head
