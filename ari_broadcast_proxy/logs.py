@@ -54,8 +54,9 @@ BACKLOG = 10_000  # records waiting for the writer thread before new ones are dr
 
 
 class _HandOff(logging.handlers.QueueHandler):
-    """Queues each record unformatted (QueueHandler would format it here, on the loop); a
-    full queue drops the record rather than stall the proxy, and says so once it drains."""
+    """Queues each record with its message merged but not formatted (QueueHandler would
+    format it here, on the loop); a full queue drops the record rather than stall the
+    proxy, and says so once it drains."""
 
     def __init__(self, backlog: queue.Queue[logging.LogRecord]) -> None:
         super().__init__(backlog)
