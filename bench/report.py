@@ -56,6 +56,7 @@ def render(data: dict[str, Any]) -> str:
             "| claim native p50 / p99 | claim proxy p50 / p99 |",
             "|---|---|---|---|---|---|",
         ]
+        hop = (results["latency"].get("hop_floor") or {}).get("paced", {}).get("p50")
         by_apps: dict[int, dict[str, dict[str, Any]]] = {}
         for row in rows:
             by_apps.setdefault(row["apps"], {})[row["path"]] = row
@@ -72,14 +73,18 @@ def render(data: dict[str, Any]) -> str:
             )
             nb, pb = n["broadcast_ms"]["p50"], p["broadcast_ms"]["p50"]
             verdicts.append(
-                (f"broadcast p50 <= native ({apps} apps)", _le(pb, nb), f"{_f(pb)} vs {_f(nb)} ms")
+                (
+                    f"broadcast p50 <= native ({apps} apps)",
+                    _le(pb, nb),
+                    f"{_f(pb)} vs {_f(nb)} ms" + _floor_note(hop, 0.5),
+                )
             )
             nc, pc = n["claim_to_start_ms"]["p50"], p["claim_to_start_ms"]["p50"]
             verdicts.append(
                 (
                     f"claim->StasisStart p50 <= native + 1 ms ({apps} apps)",
                     _le(pc, None if nc is None else nc + 1),
-                    f"{_f(pc)} vs {_f(nc)} ms",
+                    f"{_f(pc)} vs {_f(nc)} ms" + _floor_note(hop, 1.0),
                 )
             )
             lost = [r for r in (n, p) if r["claimed"] != r["calls"]]
@@ -88,6 +93,21 @@ def render(data: dict[str, Any]) -> str:
                     f"|   {r['path']}: {r['claimed']}/{r['calls']} claimed: "
                     f"{r['failures']} | | | | | |"
                 )
+        floor = results["latency"].get("hop_floor")
+        if floor:
+            lines += [
+                "",
+                f"Hop floor, measured in this run: a {floor['size']}-byte loopback round trip "
+                "between two generator processes,",
+                f"idle in between as at {rows[0]['target_rate'] if rows else '-'} calls/s: p50 "
+                f"{_f(floor['paced']['p50'], 3)} ms, p99 {_f(floor['paced']['p99'], 3)} ms "
+                f"(back to back: p50 {_f(floor['back_to_back']['p50'], 3)} ms). The proxy path "
+                "has one hop",
+                "more per broadcast (Asterisk -> proxy -> application) and two more per claim "
+                "(application -> proxy",
+                "-> Asterisk -> proxy -> application): half a round trip and one round trip over "
+                "native before any proxy work.",
+            ]
         lines.append("")
 
     if "throughput" in results:
@@ -238,6 +258,13 @@ def render(data: dict[str, Any]) -> str:
             mark = "n/a" if ok is None else ("met" if ok else "NOT met")
             lines.append(f"- {name}: **{mark}** ({detail})")
     return "\n".join(lines)
+
+
+def _floor_note(round_trip: float | None, trips: float) -> str:
+    """What the extra hops alone cost on this machine (the hop floor), for a verdict."""
+    if round_trip is None:
+        return ""
+    return f"; extra hops alone +{round_trip * trips:.2f} ms here"
 
 
 def _le(a: float | None, b: float | None) -> bool | None:

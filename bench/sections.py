@@ -299,9 +299,27 @@ def analyze(
 # -- 1 + 2: broadcast and claim latency ----------------------------------------------------------
 
 
+async def hop_floor(ctx: Context, rate: float, rounds: int = 100) -> dict[str, Any]:
+    """Round trips between two generator processes over loopback TCP, paced as the calls
+    (idle in between) and back to back: the cost of a hop on this machine, which the proxy
+    path pays once more per broadcast (Asterisk -> proxy -> application) and twice more per
+    claim (application -> proxy -> Asterisk -> proxy -> application)."""
+    port = await ctx.app_workers[0].call("echo_open")
+    out: dict[str, Any] = {"size": 600}  # about a CallBroadcast
+    for name, gap in (("paced", 1 / rate), ("back_to_back", 0.0)):
+        rtt = await ctx.originator.call("echo_rtt", port=port, rounds=rounds, gap=gap, size=600)
+        out[name] = ms(rtt)
+    ctx.log(
+        f"  hop floor: loopback round trip p50 {out['paced']['p50']} ms paced at {rate:g}/s, "
+        f"{out['back_to_back']['p50']} ms back to back"
+    )
+    return out
+
+
 async def latency(
     ctx: Context, app_counts: tuple[int, ...], calls: int, rate: float, warmup: int
 ) -> dict[str, Any]:
+    floor = await hop_floor(ctx, rate)
     rows = []
     for i, apps in enumerate(app_counts):
         for path in PATHS if i % 2 == 0 else PATHS[::-1]:
@@ -317,7 +335,7 @@ async def latency(
                 f"{row['claim_to_start_ms']['p99']} ms, claimed {row['claimed']}/{row['calls']}"
                 + (f" {row['failures']}" if row["failures"] else "")
             )
-    return {"rows": rows}
+    return {"rows": rows, "hop_floor": floor}
 
 
 # -- 3: throughput --------------------------------------------------------------------------------

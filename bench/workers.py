@@ -95,6 +95,7 @@ class Worker:
         self._claimers: frozenset[str] = frozenset()
         self._reset()
         self._relay: dict[str, Any] = {}
+        self._echo: asyncio.Server | None = None
 
     def _reset(self) -> None:
         self.broadcasts: list[tuple[str, str, float]] = []  # channel, app, received
@@ -107,6 +108,8 @@ class Worker:
     async def close(self) -> None:
         await self.op_apps_close()
         await self.http.aclose()
+        if self._echo is not None:
+            self._echo.close()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -319,6 +322,32 @@ class Worker:
         await asyncio.gather(*(loop() for _ in range(concurrency)))
         return done, errors
 
+    # -- the machine's floor: one hop between two processes -------------------------------
+
+    async def op_echo_open(self) -> int:
+        """An echo server on a free loopback port (the far end of `echo_rtt`)."""
+        if self._echo is None:
+            self._echo = await asyncio.get_running_loop().create_server(_Echo, "127.0.0.1", 0)
+        return self._echo.sockets[0].getsockname()[1]
+
+    async def op_echo_rtt(self, port: int, rounds: int, gap: float, size: int) -> list[float]:
+        """`rounds` round trips of a `size`-byte message to the echo server at `port`,
+        `gap` seconds apart (both processes idle in between, as between calls): what one
+        hop between two processes costs on this machine, with no ARI work at all."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        message = b"x" * size
+        out = []
+        try:
+            for _ in range(rounds):
+                await asyncio.sleep(gap)
+                t0 = time.perf_counter()
+                writer.write(message)
+                await reader.readexactly(size)
+                out.append(time.perf_counter() - t0)
+        finally:
+            writer.close()
+        return out
+
     # -- events relay -------------------------------------------------------------------------
 
     async def op_relay_open(self, base: str, app: str) -> None:
@@ -377,6 +406,14 @@ class Worker:
             "error": state.get("error") or ("" if state["ends"] >= ends else "timed out"),
             "close_code": ws.close_code,
         }
+
+
+class _Echo(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[attr-defined]
 
 
 async def _serve(conn: Any) -> None:

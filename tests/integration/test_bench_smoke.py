@@ -30,6 +30,7 @@ async def test_passthrough_section_produces_numbers(
             log=lambda *_: None,
         )
         result = await sections.passthrough(ctx, n=30, warmup=5, concurrency=2, duration=0.5)
+        floor = await sections.hop_floor(ctx, rate=200, rounds=5)
     finally:
         await admin.aclose()
         for worker in workers:
@@ -44,6 +45,8 @@ async def test_passthrough_section_produces_numbers(
         assert concurrent["direct"]["rps"] > 0
         assert concurrent["proxied"]["rps"] > 0
         assert concurrent["direct"]["errors"] == concurrent["proxied"]["errors"] == 0
+    assert floor["paced"]["n"] == floor["back_to_back"]["n"] == 5
+    assert floor["paced"]["p50"] > 0
     meta = {
         "date": "now",
         "mode": "smoke",
@@ -55,9 +58,11 @@ async def test_passthrough_section_produces_numbers(
         ),
         "total_seconds": 1.0,
     }
-    text = report.render({"meta": meta, "results": {"passthrough": result}})
+    latency = {"rows": [], "hop_floor": floor}
+    text = report.render({"meta": meta, "results": {"passthrough": result, "latency": latency}})
     assert "GET /ari/channels" in text
     assert "pass-through added p50" in text
+    assert f"p50 {floor['paced']['p50']:.3f} ms" in text
 
 
 def test_call_analysis_counts_claims_and_failures() -> None:
