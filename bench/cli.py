@@ -43,7 +43,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "full": {
         "latency": {"app_counts": (1, 10, 50), "calls": 100, "rate": 20, "warmup": 5},
         "throughput": {
-            "rates": [5, 10, 20, 40, 60, 80, 120, 160, 240, 320, 480, 640],
+            "rates": [5, 10, 20, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960],
             "step_seconds": 10,
         },
         "passthrough": {"n": 1000, "warmup": 50, "concurrency": 4, "duration": 3},
