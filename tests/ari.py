@@ -80,6 +80,10 @@ class Asterisk:
         cache = Path("/var/cache/ari-broadcast-proxy/asterisk-sid")
         return cache / "srv" / "asterisk" / self.name / "log"
 
+    @property
+    def pid(self) -> int:
+        return int((self.log_dir.parent / "pid").read_text().strip())
+
     def cli(self, command: str) -> str:
         out = subprocess.run(
             [str(SANDBOX), "cli", "--name", self.name, "--", command],

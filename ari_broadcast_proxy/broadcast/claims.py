@@ -1,13 +1,15 @@
 """Answering claims, over HTTP and over REST-over-WebSocket alike.
 
-Order as Asterisk: credentials (401/403 from Asterisk itself), then parameters (400), then
-the broadcast state (204/404/409, and the proxy's 422). A channel the proxy is not
-broadcasting is not the proxy's business: the caller forwards the claim to Asterisk, and a
-501 from an Asterisk without res_stasis_broadcast becomes native's 404.
+Order as Asterisk: credentials (401/403 from Asterisk itself; 502/504 when Asterisk cannot
+be asked), then parameters (400), then the broadcast state (204/404/409, and the proxy's
+422). A channel the proxy is not broadcasting is not the proxy's business: the caller
+forwards the claim to Asterisk, and a 501 from an Asterisk without res_stasis_broadcast
+becomes native's 404.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,13 +17,15 @@ from typing import Any
 import orjson
 
 from ..auth import AccessDenied, Credentials, WriteAccess
-from ..errors import BadRequest
+from ..errors import BadRequest, ProxyError
 from ..metrics import Metrics
 from .claim_params import CLAIM_CONFLICT, CLAIM_NOT_FOUND, CLAIM_NOT_OFFERED, claim_params
 from .controller import BroadcastController
 from .core import ClaimOutcome
 
 __all__ = ["ClaimAnswer", "ClaimService", "native_404_for_501"]
+
+log = logging.getLogger(__name__)
 
 _MESSAGES = {
     ClaimOutcome.NOT_FOUND: CLAIM_NOT_FOUND,
@@ -73,6 +77,9 @@ class ClaimService:
             challenge = response.header("www-authenticate")
             headers = {"www-authenticate": challenge} if challenge is not None else {}
             return ClaimAnswer(response.status_code, body, headers)
+        except ProxyError as exc:  # Asterisk could not be asked (unreachable, too slow)
+            log.warning("claim refused: checking the credentials failed: %s", exc.message)
+            return ClaimAnswer(exc.status, {"message": exc.message})
         try:
             claim = claim_params(params, json_body)
         except BadRequest as exc:

@@ -5,7 +5,9 @@ enters the proxy must leave it in a defined state."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -137,6 +139,48 @@ async def test_upstream_restart_closes_clients_then_recovers(
         finally:
             await ari.hangup_all()
             await ari.aclose()
+    finally:
+        proxy.stop()
+
+
+@contextlib.contextmanager
+def frozen(instance: Asterisk) -> Iterator[None]:
+    """Asterisk stopped in its tracks (SIGSTOP): connections stay up, nothing is answered."""
+    os.kill(instance.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(instance.pid, signal.SIGCONT)
+
+
+async def test_a_claim_over_the_socket_while_asterisk_cannot_answer_gets_504_not_a_close(
+    asterisk: Asterisk, tmp_path: Path
+) -> None:
+    """The credential check behind a RESTRequest claim times out: the client gets a
+    RESTResponse 504 with a message, as over HTTP, and keeps its events socket."""
+    proxy = fault_proxy(asterisk, tmp_path, "--upstream-timeout", "1")
+    try:
+        async with events(proxy.base, "patient") as client:
+            request = {
+                "type": "RESTRequest",
+                "transaction_id": "t1",
+                "request_id": "r1",
+                "method": "POST",
+                "uri": "events/claim?channelId=nowhere&application=patient",
+            }
+            with frozen(asterisk):
+                await client.socket.send(json.dumps(request))
+                answer = await client.wait_for("RESTResponse", timeout=5)
+            assert answer["status_code"] == 504
+            assert answer["transaction_id"] == "t1"
+            assert json.loads(answer["message_body"])["message"].startswith("Asterisk did not")
+            # Asterisk answers again: the same socket carries the next claim (404: no such call).
+            await client.socket.send(json.dumps({**request, "request_id": "r2"}))
+            again = await client.wait_for(
+                lambda e: e.get("type") == "RESTResponse" and e["request_id"] == "r2", timeout=5
+            )
+            assert again["status_code"] == 404
+        assert "checking the credentials failed" in proxy.log()
     finally:
         proxy.stop()
 
