@@ -65,6 +65,9 @@ DRAIN_SECONDS = 2.0
 ASTERISK_MAX_PARSED_BODY = 40960
 _PARSED_BODY_TYPES = frozenset({"application/json", "application/x-www-form-urlencoded"})
 BUFFER_LIMIT = 256 * 1024  # larger answers (recordings, sounds) are streamed
+# Answers the proxy may have to rewrite (api-docs, channel snapshots while broadcasts run)
+# are read whole however large, up to this (a channel list of some 50 000 channels).
+REWRITE_LIMIT = 64 * 1024 * 1024
 # Operations Asterisk refuses with 409 "Channel not in Stasis application" (find_control()).
 STASIS_CONTROL = frozenset(
     {
@@ -245,7 +248,16 @@ class Passthrough:
         body = await request.body()
         upstream = await self._send(request, body, stream=True)
         length = upstream.header("content-length")
-        if length is None or not length.isdigit() or int(length) > BUFFER_LIMIT:
+        declared = int(length) if length is not None and length.isdigit() else None
+        rewrite = self._may_rewrite(path)
+        if declared is None or declared > (REWRITE_LIMIT if rewrite else BUFFER_LIMIT):
+            if rewrite and upstream.status_code == 200:
+                log.warning(
+                    "%s /ari/%s: answer too large to rewrite (%s bytes), relayed as it came",
+                    request.method,
+                    path,
+                    length or "unknown",
+                )
             headers = end_to_end_headers(upstream.raw_headers)
             return _Answer(upstream.status_code, headers, stream=upstream)
         content = await upstream.read()
@@ -266,6 +278,12 @@ class Passthrough:
         elif path.startswith("channels") and len(self._presenter):
             content = self._presenter.body(content)
         return _relay(upstream, content)
+
+    def _may_rewrite(self, path: str) -> bool:
+        """Whether the answer for `path` may be rewritten, so must be read whole."""
+        return path.startswith("api-docs/") or (
+            path.startswith("channels") and len(self._presenter) > 0
+        )
 
 
 class _Request:

@@ -163,3 +163,44 @@ async def test_a_broadcast_logs_native_warnings_with_the_channel_id(
     channel_id = offer["channel"]["id"]
     assert f"channel {channel_id}: invalid timeout value '70000' (must be 0-60000ms)" in log
     assert f"channel {channel_id}: rejecting app_filter regex as potentially dangerous" in log
+
+
+async def test_a_channel_list_too_large_to_buffer_still_reads_as_native(
+    proxy_target: Target, ari: Ari
+) -> None:
+    """GET /channels longer than the proxy streams unread (256 KiB) is still rewritten: the
+    broadcast channel in it shows native's dialplan, never the proxy's subroutine."""
+    name = "n" * 4000
+    fillers = []
+    try:
+        for i in range(40):  # each Local pair's snapshots carry a 4000-character caller name
+            made = await ari.http.post(
+                "channels",  # in the body: Asterisk refuses request lines over 4 KiB
+                json={
+                    "endpoint": "Local/s@tests-echo",
+                    "context": "tests-hold",
+                    "extension": "s",
+                    "priority": 1,
+                    "callerId": f'"{name}" <{i}>',
+                },
+            )
+            assert made.status_code == 200, made.text
+            fillers.append(made.json()["id"])
+        async with apps(proxy_target, "lister") as sockets:
+            call = await place_call(proxy_target, "5000")
+            offer = await sockets["lister"].wait_for("CallBroadcast")
+            channel_id = offer["channel"]["id"]
+            listing = await proxy_target.apps_ari.http.get("channels")
+            assert listing.status_code == 200
+            assert len(listing.content) > 256 * 1024
+            [mine] = [c for c in listing.json() if c["id"] == channel_id]
+            assert mine["dialplan"]["app_name"] == "StasisBroadcast"
+            assert mine["dialplan"]["app_data"] == "5000"
+            assert b"stasis-broadcast" not in listing.content
+            assert (await claim(proxy_target.apps_ari, channel_id, "lister"))["status"] == 204
+            await sockets["lister"].wait_for("StasisStart")
+            await proxy_target.apps_ari.http.post(f"channels/{channel_id}/continue")
+            assert (await result(proxy_target, call))[0] == "SUCCESS"
+    finally:
+        for channel_id in fillers:
+            await ari.http.delete(f"channels/{channel_id}")
