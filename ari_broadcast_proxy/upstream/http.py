@@ -152,7 +152,8 @@ class _Connection(asyncio.Protocol):
             self._stray = True
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._stray:
+        # Fields after a chunked body (trailers; the status is known by then) are no headers.
+        if not self._stray and not self._status:
             self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:

@@ -122,6 +122,25 @@ async def test_chunked_and_close_delimited_bodies(serve, wire: bytes, body: byte
         await pool.aclose()
 
 
+async def test_trailer_fields_are_not_headers(serve) -> None:  # type: ignore[no-untyped-def]
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await server.read_head(reader)
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Head: 1\r\n\r\n"
+            b"2\r\nok\r\n0\r\nX-Trailer: late\r\n\r\n"
+        )
+
+    server = await serve(handler)
+    pool = server.pool()
+    try:
+        response = await pool.request(b"GET", b"/ari/x")
+        assert response.content == b"ok"
+        assert response.header("x-head") == "1"
+        assert response.header("x-trailer") is None
+    finally:
+        await pool.aclose()
+
+
 async def test_a_connection_closed_while_idle_is_replaced(serve) -> None:  # type: ignore[no-untyped-def]
     async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await server.read_head(reader)
