@@ -122,15 +122,21 @@ class _Answer:
             return
         # The request was read: the next message is the client going away, if it does (the
         # server's send then returns silently, and Asterisk's answer would be read for nobody).
+        # A client that stays but stops reading holds a connection to Asterisk: it gets as
+        # long as Asterisk would (the upstream timeout) for each piece.
         gone = asyncio.ensure_future(receive())
+        stall = self.stream.timeout
         try:
             start = {"type": "http.response.start", "status": self.status, "headers": self.headers}
             await send(start)
             async for chunk in self.stream.iter_body():
                 if gone.done():
                     return  # the connection to Asterisk is dropped with the unread rest
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                async with asyncio.timeout(stall):
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
+        except TimeoutError:
+            log.warning("client stopped reading a streamed answer for %g s: dropped", stall)
         finally:
             gone.cancel()
             self.stream.release()

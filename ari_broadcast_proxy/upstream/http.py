@@ -205,6 +205,11 @@ class HttpResponse:
         self.raw_headers: Headers = connection.headers
         self.content = b""
 
+    @property
+    def timeout(self) -> float:
+        """The longest wait for any part of this exchange, in seconds."""
+        return self._timeout
+
     def header(self, name: str) -> str | None:
         """The first value of header `name` (case-insensitive), or None."""
         wanted = name.lower().encode("latin-1")

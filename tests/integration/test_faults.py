@@ -185,6 +185,41 @@ async def test_a_claim_over_the_socket_while_asterisk_cannot_answer_gets_504_not
         proxy.stop()
 
 
+async def test_a_client_that_stops_reading_a_long_answer_frees_its_connection_to_asterisk(
+    asterisk: Asterisk, ari: Ari, tmp_path: Path
+) -> None:
+    """A streamed answer holds one of the proxy's connections to Asterisk; a client that
+    stays connected but reads nothing gives it back after the upstream timeout."""
+    proxy = fault_proxy(
+        asterisk, tmp_path, "--upstream-connections", "1", "--upstream-timeout", "1"
+    )
+    created = []
+    raw = socket.socket()
+    try:
+        for i in range(200):  # GET /bridges: some 4 MB, far more than the sockets buffer
+            response = await ari.http.post(
+                "bridges", json={"type": "mixing", "name": f"stall-{token()}-{i}" + "n" * 20_000}
+            )
+            assert response.status_code == 200
+            created.append(response.json()["id"])
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(("127.0.0.1", proxy.port))
+        raw.sendall(
+            b"GET /ari/bridges HTTP/1.1\r\nHost: proxy\r\n"
+            b"Authorization: Basic YXN0ZXJpc2s6YXN0ZXJpc2s=\r\n\r\n"
+        )  # and nothing is read
+        await asyncio.sleep(2.5)
+        async with httpx.AsyncClient(auth=("asterisk", "asterisk")) as http:
+            info = await http.get(proxy.base + "/ari/asterisk/info", timeout=5)
+        assert info.status_code == 200
+        assert "client stopped reading a streamed answer" in proxy.log()
+    finally:
+        raw.close()
+        proxy.stop()
+        for bridge_id in created:
+            await ari.http.delete(f"bridges/{bridge_id}")
+
+
 # -- the proxy dying or stopping --------------------------------------------------------------
 
 
