@@ -5,8 +5,9 @@
 Frames from Asterisk pass through `Interceptor.upstream_frame` (the broadcast feature
 rewrites or drops some) as they arrive, into a bounded queue drained by one writer task, so a
 client that stops reading never blocks anyone else: when its queue is full the session is
-closed with 1013. Frames from the client pass through `Interceptor.client_frame` (which
-answers claims itself) or go to Asterisk unchanged.
+closed with 1013; a session that ends otherwise (Asterisk closed its side, the proxy shuts
+down) first lets the client take what is queued. Frames from the client pass through
+`Interceptor.client_frame` (which answers claims itself) or go to Asterisk unchanged.
 """
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ MAX_QUERY = 4000  # as passthrough.MAX_TARGET: Asterisk's request-line limit
 CLOSE_SLOW_CONSUMER = 1013  # "try again later": the client should reconnect
 CLOSE_UPSTREAM_GONE = 1001
 CLOSE_SHUTDOWN = 1001
+# When Asterisk or the proxy ends a session, the client still gets what was queued for it
+# (the last StasisEnd, ApplicationReplaced...) within this time.
+FLUSH_TIMEOUT = 2.0
 _FORWARDED_HEADERS = ("authorization", "origin")
 
 
@@ -75,6 +79,7 @@ class EventSession:
         self._reading_paused = False
         self._interceptor = interceptor
         self._closing: tuple[int, str] | None = None
+        self._client_gone = False
         self._done = asyncio.Event()
 
     @property
@@ -112,14 +117,19 @@ class EventSession:
     async def run(self) -> None:
         """Relay until either side closes or `close` is called; then close both sides."""
         self.upstream.start(self._from_upstream)
+        writer = asyncio.create_task(self._to_client(), name="to-client")
         tasks = [
             asyncio.create_task(self._upstream_closed(), name="upstream-closed"),
             asyncio.create_task(self._from_client(), name="from-client"),
-            asyncio.create_task(self._to_client(), name="to-client"),
+            writer,
             asyncio.create_task(self._done.wait(), name="done"),
         ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if self._flushes() and not writer.done():
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(FLUSH_TIMEOUT):
+                        await self._queue.join()
         finally:
             for task in tasks:
                 task.cancel()
@@ -130,6 +140,11 @@ class EventSession:
                 await self.upstream.wait_closed(CLOSE_TIMEOUT)
             with contextlib.suppress(Exception):
                 await self.websocket.close(code, reason)
+
+    def _flushes(self) -> bool:
+        """Whether the frames still queued go out before the close: not to a client that
+        left or that was too slow to take them."""
+        return not self._client_gone and (self._closing or (0, ""))[0] != CLOSE_SLOW_CONSUMER
 
     def _from_upstream(self, text: str) -> None:
         """Each frame from Asterisk, as it arrives (called from the socket's protocol).
@@ -162,6 +177,7 @@ class EventSession:
             while True:
                 message = await self.websocket.receive()
                 if message["type"] == "websocket.disconnect":
+                    self._client_gone = True
                     self.close(1000, "")
                     return
                 text = message.get("text")
@@ -175,6 +191,7 @@ class EventSession:
                 if not await self._interceptor.client_frame(self, text):
                     self.upstream.send(text)
         except WebSocketDisconnect:
+            self._client_gone = True
             self.close(1000, "")
         except UpstreamError:
             self.close(CLOSE_UPSTREAM_GONE, "Asterisk closed the connection")
@@ -182,8 +199,10 @@ class EventSession:
     async def _to_client(self) -> None:
         send = self.websocket.send_text
         get = self._queue.get
+        done = self._queue.task_done
         while True:
             await send(await get())
+            done()
 
 
 class SessionManager:

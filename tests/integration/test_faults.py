@@ -220,6 +220,42 @@ async def test_a_client_that_stops_reading_a_long_answer_frees_its_connection_to
             await ari.http.delete(f"bridges/{bridge_id}")
 
 
+async def test_frames_queued_when_asterisk_closes_the_socket_still_reach_the_client(
+    private_asterisk: Asterisk, tmp_path: Path
+) -> None:
+    """The client lags (frames wait in the proxy's queue) when Asterisk goes away: it still
+    gets every frame Asterisk sent before closing, then the close."""
+    proxy = fault_proxy(private_asterisk, tmp_path)
+    url = proxy.base.replace("http", "ws") + "/ari/events?app=laggard&api_key=asterisk:asterisk"
+    try:
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(("127.0.0.1", proxy.port))
+        raw.setblocking(False)
+        laggard = await connect(url, sock=raw, max_queue=1, max_size=None, compression=None)
+        blob = "x" * 16000
+        async with httpx.AsyncClient(auth=("asterisk", "asterisk")) as http:
+            for i in range(300):  # ~5 MB: most of it waits in the proxy's queue
+                response = await http.post(
+                    f"{private_asterisk.base}/ari/events/user/backlog",
+                    params={"application": "laggard"},
+                    json={"variables": {"blob": blob, "n": str(i)}},
+                )
+                assert response.status_code == 204
+        await asyncio.sleep(0.5)
+        os.kill(private_asterisk.pid, signal.SIGKILL)  # its sockets close at once
+        await asyncio.sleep(0.5)  # the proxy has seen the close; the client reads only now
+        received = []
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(20):
+                while True:
+                    received.append(json.loads(await laggard.recv())["userevent"]["n"])
+        assert received == [str(i) for i in range(300)]
+        assert laggard.close_code in (1001, 1011)
+    finally:
+        proxy.stop()
+
+
 # -- the proxy dying or stopping --------------------------------------------------------------
 
 
