@@ -107,6 +107,7 @@ class _Answer:
     headers: Headers = field(default_factory=list)
     body: bytes = b""
     stream: HttpResponse | None = None
+    length: int | None = None  # Content-Length when not the body's (an answer to HEAD)
 
     @classmethod
     def json(cls, status: int, document: object, headers: Headers | None = None) -> _Answer:
@@ -116,7 +117,8 @@ class _Answer:
         if self.stream is None:
             headers = self.headers
             if self.status >= 200 and self.status not in (204, 304):  # those carry no body
-                headers = [*headers, (b"content-length", str(len(self.body)).encode())]
+                length = len(self.body) if self.length is None else self.length
+                headers = [*headers, (b"content-length", str(length).encode())]
             await send({"type": "http.response.start", "status": self.status, "headers": headers})
             await send({"type": "http.response.body", "body": self.body})
             return
@@ -142,9 +144,10 @@ class _Answer:
             self.stream.release()
 
     async def buffered(self) -> Response:
-        """As a Starlette response (for refusing a WebSocket upgrade with it)."""
+        """As a Starlette response (for refusing a WebSocket upgrade with it); an answer
+        that would have been streamed is refused (UpstreamError) past BUFFER_LIMIT."""
         if self.stream is not None:
-            self.body = await self.stream.read()
+            self.body = await self.stream.read(limit=BUFFER_LIMIT)
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.headers}
         return Response(self.body, self.status, headers)
 
@@ -183,7 +186,12 @@ class Passthrough:
         GET, so the proxy does the same (instead of refusing the handshake)."""
         scope = {**websocket.scope, "type": "http", "method": "GET"}
         answer = await self._answer(scope, _no_body)
-        await websocket.send_denial_response(await answer.buffered())
+        try:
+            response = await answer.buffered()
+        except ProxyError as exc:
+            log.warning("GET %s with an upgrade: %s", scope["path"], exc.message)
+            response = exc.response()
+        await websocket.send_denial_response(response)
 
     async def _answer(self, scope: Scope, receive: Receive) -> _Answer:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
@@ -283,7 +291,7 @@ class Passthrough:
                 raise UpstreamError(f"Asterisk sent an unusable api-docs document: {exc}") from exc
         elif path.startswith("channels") and len(self._presenter):
             content = self._presenter.body(content)
-        return _relay(upstream, content)
+        return _relay(upstream, content, request.method)
 
     def _may_rewrite(self, path: str) -> bool:
         """Whether the answer for `path` may be rewritten, so must be read whole."""
@@ -388,8 +396,12 @@ def end_to_end_headers(headers: Iterable[tuple[bytes, bytes]], *drop: bytes) -> 
     return [(k, v) for k, v in headers if k not in HOP_BY_HOP and k not in named]
 
 
-def _relay(upstream: HttpResponse, content: bytes) -> _Answer:
-    return _Answer(upstream.status_code, end_to_end_headers(upstream.raw_headers), content)
+def _relay(upstream: HttpResponse, content: bytes, method: str = "GET") -> _Answer:
+    headers = end_to_end_headers(upstream.raw_headers)
+    length = upstream.header("content-length") if method == "HEAD" else None
+    # A HEAD answer's Content-Length is the GET body's, which is not here (RFC 9110, 8.6).
+    declared = int(length) if length is not None and length.isdigit() else None
+    return _Answer(upstream.status_code, headers, content, length=declared)
 
 
 def _claim_answer(answer: ClaimAnswer) -> _Answer:

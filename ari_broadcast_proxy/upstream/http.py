@@ -237,8 +237,15 @@ class HttpResponse:
         finally:
             self.release()
 
-    async def read(self) -> bytes:
-        chunks = [chunk async for chunk in self.iter_body()]
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; past `limit` bytes, UpstreamError (the rest is left unread)."""
+        chunks, size = [], 0
+        async for chunk in self.iter_body():
+            size += len(chunk)
+            if limit is not None and size > limit:
+                self.release()  # not read to its end: the connection is dropped
+                raise UpstreamError(f"Asterisk's answer is larger than {limit} bytes")
+            chunks.append(chunk)
         self.content = b"".join(chunks)
         return self.content
 

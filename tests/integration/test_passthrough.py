@@ -260,6 +260,51 @@ async def test_websocket_upgrade_on_a_rest_path_is_answered_as_asterisk_does(
     assert_same(direct, through)
 
 
+async def test_an_upgrade_on_a_path_with_a_long_answer_is_refused_not_buffered(
+    ari: Ari, proxied: Ari
+) -> None:
+    """The proxy answers an upgrade on a REST path as a whole response: an answer it would
+    stream (a recording, a long listing) is refused with 502 instead of read into memory."""
+    created = []
+    try:
+        for i in range(16):
+            response = await ari.http.post(
+                "bridges", json={"type": "mixing", "name": f"up-{token()}-{i}" + "n" * 20_000}
+            )
+            created.append(response.json()["id"])
+        headers = {
+            "Connection": "Upgrade",
+            "Upgrade": "websocket",
+            "Sec-WebSocket-Version": "13",
+            "Sec-WebSocket-Key": base64.b64encode(b"sixteen byte key").decode(),
+        }
+        through = await proxied.http.get("bridges", headers=headers)
+        assert through.status_code == 502
+        assert "larger than" in through.json()["message"]
+    finally:
+        for bridge_id in created:
+            await ari.http.delete(f"bridges/{bridge_id}")
+
+
+async def test_head_keeps_asterisks_content_length_and_never_its_stray_body(
+    asterisk: Asterisk, proxy: ProxyProcess, proxied: Ari
+) -> None:
+    """Asterisk refuses HEAD with 405 and, against HTTP, sends the JSON body anyway (a
+    keep-alive client then reads it as its next answer). The proxy relays the head with
+    Asterisk's Content-Length and no body, and drops that connection to Asterisk."""
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()}
+    status, headers, body = parse_raw(
+        await raw_request(asterisk.base, "/ari/asterisk/info", auth, method="HEAD")
+    )
+    assert status == 405 and body == b'{"message":"Invalid method"}'
+    for _ in range(2):
+        through = await proxied.http.head("asterisk/info")
+        assert through.status_code == 405
+        assert through.headers["content-length"] == headers["content-length"]
+        assert through.content == b""
+        assert (await proxied.http.get("asterisk/ping")).status_code == 200
+
+
 # -- authentication -----------------------------------------------------------------------------
 
 
