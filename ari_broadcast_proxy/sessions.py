@@ -3,11 +3,12 @@
     client <-> EventSession <-> Asterisk /ari/events (same query, same credentials)
 
 Frames from Asterisk pass through `Interceptor.upstream_frame` (the broadcast feature
-rewrites or drops some) as they arrive, into a bounded queue drained by one writer task, so a
-client that stops reading never blocks anyone else: when its queue is full the session is
-closed with 1013; a session that ends otherwise (Asterisk closed its side, the proxy shuts
-down) first lets the client take what is queued. Frames from the client pass through
-`Interceptor.client_frame` (which answers claims itself) or go to Asterisk unchanged.
+rewrites or drops some) as they arrive, into a queue bounded in frames and in bytes and
+drained by one writer task, so a client that stops reading never blocks anyone else: when
+its queue is full the session is closed with 1013. A session that ends otherwise (Asterisk
+closed its side, the proxy shuts down) first lets the client take what is queued. Frames
+from the client pass through `Interceptor.client_frame` (which answers claims itself) or go
+to Asterisk unchanged.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ CLOSE_SHUTDOWN = 1001
 # When Asterisk or the proxy ends a session, the client still gets what was queued for it
 # (the last StasisEnd, ApplicationReplaced...) within this time.
 FLUSH_TIMEOUT = 2.0
+# Besides its frame count, a client's queue may hold this many characters (ARI events are a
+# few KiB of ASCII JSON; user events with large variables reach 40 KiB each).
+MAX_QUEUED_BYTES = 16 * 1024 * 1024
 _FORWARDED_HEADERS = ("authorization", "origin")
 
 
@@ -75,6 +79,7 @@ class EventSession:
         self.query = dict(parse_qsl(websocket.url.query, keep_blank_values=True))
         self.headers = {k: v for k, v in websocket.headers.items() if k in _FORWARDED_HEADERS}
         self._queue: asyncio.Queue[str] = asyncio.Queue(queue_size)
+        self._queued_bytes = 0
         self._high_water = max(1, queue_size // 2)
         self._reading_paused = False
         self._interceptor = interceptor
@@ -95,16 +100,22 @@ class EventSession:
         """Queue a frame for the client; a full queue closes the session (slow consumer)."""
         if self._closing is not None:
             return
-        try:
-            self._queue.put_nowait(text)
-        except asyncio.QueueFull:
-            log.warning(
-                "closing events socket for %s: client stopped reading (%d frames queued)",
-                ",".join(self.apps),
-                self._queue.qsize(),
-            )
-            self._on_overflow()
-            self.close(CLOSE_SLOW_CONSUMER, "slow consumer: event queue full")
+        if self._queued_bytes + len(text) <= MAX_QUEUED_BYTES:
+            try:
+                self._queue.put_nowait(text)
+            except asyncio.QueueFull:
+                pass
+            else:
+                self._queued_bytes += len(text)
+                return
+        log.warning(
+            "closing events socket for %s: client stopped reading (%d frames, %d bytes queued)",
+            ",".join(self.apps),
+            self._queue.qsize(),
+            self._queued_bytes,
+        )
+        self._on_overflow()
+        self.close(CLOSE_SLOW_CONSUMER, "slow consumer: event queue full")
 
     def close(self, code: int, reason: str) -> None:
         """Ask the session to end; `run` closes both sockets with `code`."""
@@ -201,7 +212,9 @@ class EventSession:
         get = self._queue.get
         done = self._queue.task_done
         while True:
-            await send(await get())
+            text = await get()
+            self._queued_bytes -= len(text)
+            await send(text)
             done()
 
 

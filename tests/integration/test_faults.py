@@ -256,6 +256,43 @@ async def test_frames_queued_when_asterisk_closes_the_socket_still_reach_the_cli
         proxy.stop()
 
 
+async def test_a_slow_consumer_of_large_events_is_closed_by_the_byte_bound(
+    asterisk: Asterisk, tmp_path: Path
+) -> None:
+    """500 user events of 40 KB (20 MB) stay below the frame bound (1024) but not below the
+    16 MiB a client's queue may hold: the client is closed with 1013, memory stays bounded."""
+    proxy = fault_proxy(asterisk, tmp_path)
+    url = proxy.base.replace("http", "ws") + "/ari/events?app=glutton&api_key=asterisk:asterisk"
+    try:
+        raw = socket.socket()
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(("127.0.0.1", proxy.port))
+        raw.setblocking(False)
+        glutton = await connect(url, sock=raw, max_queue=1, max_size=None, compression=None)
+        blob = "x" * 40_000
+        async with httpx.AsyncClient(auth=("asterisk", "asterisk")) as http:
+            for _ in range(500):
+                response = await http.post(
+                    f"{asterisk.base}/ari/events/user/large",
+                    params={"application": "glutton"},
+                    json={"variables": {"blob": blob}},
+                )
+                if response.status_code == 404:  # closed: its application left Asterisk
+                    break
+                assert response.status_code == 204
+        received = 0
+        with pytest.raises(ConnectionClosed):
+            async with asyncio.timeout(20):
+                while True:
+                    await glutton.recv()
+                    received += 1
+        assert glutton.close_code == 1013
+        assert received < 500
+        assert "bytes queued" in proxy.log()
+    finally:
+        proxy.stop()
+
+
 # -- the proxy dying or stopping --------------------------------------------------------------
 
 
