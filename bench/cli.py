@@ -1,6 +1,6 @@
 """bench/run: native StasisBroadcast vs ari-broadcast-proxy on one real Asterisk.
 
-    bench/run                 full run (about 7 minutes on 2 cores)
+    bench/run                 full run (about 8 minutes on 2 cores)
     bench/run --quick         small run for smoke-testing (under 2 minutes)
     bench/run --only latency,passthrough
     bench/run --json /tmp/x.json
