@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote
@@ -23,6 +22,7 @@ from starlette.websockets import WebSocket
 
 from .apidocs import ApiDocsError, base_url_for, rewrite_document
 from .auth import AccessDenied, Credentials, WriteAccess
+from .broadcast.channel_ops import NOT_IN_STASIS, controlled_channel, released_channel
 from .broadcast.claims import ClaimAnswer, ClaimService, native_404_for_501
 from .broadcast.controller import BroadcastController
 from .broadcast.presentation import Presenter
@@ -68,30 +68,6 @@ BUFFER_LIMIT = 256 * 1024  # larger answers (recordings, sounds) are streamed
 # Answers the proxy may have to rewrite (api-docs, channel snapshots while broadcasts run)
 # are read whole however large, up to this (a channel list of some 50 000 channels).
 REWRITE_LIMIT = 64 * 1024 * 1024
-# Operations Asterisk refuses with 409 "Channel not in Stasis application" (find_control()).
-STASIS_CONTROL = frozenset(
-    {
-        "continue",
-        "move",
-        "redirect",
-        "answer",
-        "ring",
-        "mute",
-        "dtmf",
-        "hold",
-        "moh",
-        "silence",
-        "play",
-        "record",
-        "dial",
-    }
-)
-_CHANNEL_OP = re.compile(r"^channels/([^/]+)/([^/]+)")
-# Requests that end a channel's Stasis session when Asterisk accepts them: continue, hangup.
-_RELEASES = {
-    "POST": re.compile(r"^channels/([^/]+)/continue$"),
-    "DELETE": re.compile(r"^channels/([^/]+)$"),
-}
 _JSON = [(b"content-type", b"application/json")]
 
 
@@ -206,7 +182,7 @@ class Passthrough:
             request = _Request(scope, receive, raw_path)
             if path == "events/claim" and method == "POST":
                 return await self._claim(request)
-            if method != "GET" and (refusal := await self._refuse_control(request, path)):
+            if refusal := await self._refuse_control(request, path):
                 return refusal
             return await self._forward(request, path)
         except ProxyError as exc:
@@ -235,17 +211,15 @@ class Passthrough:
         return _claim_answer(answer)
 
     async def _refuse_control(self, request: _Request, path: str) -> _Answer | None:
-        match = _CHANNEL_OP.match(path)
-        if match is None or match.group(2) not in STASIS_CONTROL:
-            return None
-        if not self._controller.is_locked(match.group(1)):
+        channel_id = controlled_channel(request.method, path)
+        if channel_id is None or not self._controller.is_locked(channel_id):
             return None
         try:
             await self._access.require(request.credentials())
         except AccessDenied as denied:
             return _relay(denied.response, denied.response.content)
         log.info("%s /ari/%s -> 409: channel is under broadcast", request.method, path)
-        return _Answer.json(409, {"message": "Channel not in Stasis application"})
+        return _Answer.json(409, {"message": NOT_IN_STASIS})
 
     # -- plain forwarding ---------------------------------------------------------------------
 
@@ -275,10 +249,9 @@ class Passthrough:
             headers = end_to_end_headers(upstream.raw_headers)
             return _Answer(upstream.status_code, headers, stream=upstream)
         content = await upstream.read()
-        release = _RELEASES.get(request.method)
-        released = release.match(path) if release and 200 <= upstream.status_code < 300 else None
-        if released:
-            self._controller.released(released.group(1))
+        released = released_channel(request.method, path)
+        if released is not None and 200 <= upstream.status_code < 300:
+            self._controller.released(released)
         if upstream.status_code >= 500:
             log.warning(
                 "%s /ari/%s -> %d from Asterisk", request.method, path, upstream.status_code

@@ -66,6 +66,22 @@ class ClaimService:
         params: Iterable[tuple[str, str]],
         json_body: Any | None,
     ) -> ClaimAnswer | None:
+        if (refusal := await self.write_refusal(credentials)) is not None:
+            return refusal
+        try:
+            claim = claim_params(params, json_body)
+        except BadRequest as exc:
+            return ClaimAnswer(400, {"message": exc.message})
+        outcome = await self._controller.claim(claim.channel_id, claim.application)
+        if outcome is None:
+            return None
+        if outcome is ClaimOutcome.WON:
+            return ClaimAnswer(204)
+        return ClaimAnswer(outcome.value, {"message": _MESSAGES[outcome]})
+
+    async def write_refusal(self, credentials: Credentials) -> ClaimAnswer | None:
+        """Asterisk's refusal of these credentials for writing (401/403; 502/504 when it
+        cannot be asked), or None when they may write."""
         try:
             await self._access.require(credentials)
         except AccessDenied as denied:
@@ -78,18 +94,9 @@ class ClaimService:
             headers = {"www-authenticate": challenge} if challenge is not None else {}
             return ClaimAnswer(response.status_code, body, headers)
         except ProxyError as exc:  # Asterisk could not be asked (unreachable, too slow)
-            log.warning("claim refused: checking the credentials failed: %s", exc.message)
+            log.warning("refused a write: checking the credentials failed: %s", exc.message)
             return ClaimAnswer(exc.status, {"message": exc.message})
-        try:
-            claim = claim_params(params, json_body)
-        except BadRequest as exc:
-            return ClaimAnswer(400, {"message": exc.message})
-        outcome = await self._controller.claim(claim.channel_id, claim.application)
-        if outcome is None:
-            return None
-        if outcome is ClaimOutcome.WON:
-            return ClaimAnswer(204)
-        return ClaimAnswer(outcome.value, {"message": _MESSAGES[outcome]})
+        return None
 
 
 def native_404_for_501(status: int, body: bytes) -> tuple[int, bytes]:

@@ -98,12 +98,10 @@ class Presenter:
         self._invocations: dict[str, Invocation] = {}
         self._broadcast_app = broadcast_app
         self._subroutine_context = subroutine_context
-        # Substrings a snapshot of ours must contain; cheap to test on every frame.
-        self._markers = (
-            f'"{subroutine_context}"',
-            f'"{broadcast_app},',
-            f'"{broadcast_app}"',
-        )
+        # Substrings a snapshot of ours must contain; cheap to test on every frame. Inside a
+        # RESTResponse's message_body (a JSON string) the quotes are escaped.
+        markers = (f'"{subroutine_context}"', f'"{broadcast_app},', f'"{broadcast_app}"')
+        self._markers = (*markers, *(m.replace('"', '\\"') for m in markers))
 
     def __len__(self) -> int:
         return len(self._invocations)
@@ -149,7 +147,11 @@ class Presenter:
         variable = str(message.get("variable", "")).removeprefix("LOCAL(")
         if internal and variable.startswith(INTERNAL_VARIABLE_PREFIX):
             return None  # ChannelVarset of the proxy's own variables (LOCAL() ones too)
-        self._walk(message)
+        body = message.get("message_body")
+        if message.get("type") == "RESTResponse" and isinstance(body, str):
+            message["message_body"] = self.body(body.encode()).decode()  # REST over WebSocket
+        else:
+            self._walk(message)
         return orjson.dumps(message).decode()
 
     def body(self, content: bytes) -> bytes:

@@ -3,11 +3,14 @@
 From Asterisk: broadcast channels are presented as native's, the proxy's internal variable
 events are dropped, ApplicationReplaced updates the registry, and a forwarded claim that an
 Asterisk without res_stasis_broadcast answers with 501 is turned into native's 404.
-From the client: `RESTRequest` claims are answered by the proxy.
+From the client: `RESTRequest` claims are answered by the proxy, and so are control calls on
+channels still on offer (409, as native: not in Stasis yet); an accepted `continue` or hangup
+ends the winner's session at once, as over HTTP.
 """
 
 from __future__ import annotations
 
+import logging
 import weakref
 
 import orjson
@@ -16,11 +19,14 @@ from ..auth import Credentials
 from ..registry import AppRegistry
 from ..rest_over_ws import parse_rest_request, rest_response
 from ..sessions import EventSession
-from .claims import ClaimService, native_404_for_501
+from .channel_ops import NOT_IN_STASIS, controlled_channel, released_channel
+from .claims import ClaimAnswer, ClaimService, native_404_for_501
 from .controller import BroadcastController
 from .presentation import asterisk_timestamp
 
 __all__ = ["BroadcastHooks"]
+
+log = logging.getLogger(__name__)
 
 
 class BroadcastHooks:
@@ -30,8 +36,12 @@ class BroadcastHooks:
         self._controller = controller
         self._claims = claims
         self._registry = registry
-        # Claims forwarded to Asterisk per session: {(transaction_id, request_id)}.
+        # Per session, by (transaction_id, request_id): claims forwarded to Asterisk, and
+        # the channel of each `continue`/hangup on its way.
         self._forwarded: weakref.WeakKeyDictionary[EventSession, set[tuple[str, str]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._releases: weakref.WeakKeyDictionary[EventSession, dict[tuple[str, str], str]] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -40,22 +50,31 @@ class BroadcastHooks:
             event = orjson.loads(text)
             if event.get("type") == "ApplicationReplaced":
                 self._registry.unregister(session, [event.get("application", "")])
-        pending = self._forwarded.get(session)
-        if pending and '"RESTResponse"' in text:
-            text = self._native_claim_response(pending, text)
+        if '"RESTResponse"' in text and (
+            self._forwarded.get(session) or self._releases.get(session)
+        ):
+            text = self._rest_response(session, text)
         return self._controller.observe_upstream_frame(text)
 
-    def _native_claim_response(self, pending: set[tuple[str, str]], text: str) -> str:
+    def _rest_response(self, session: EventSession, text: str) -> str:
+        """Note a release Asterisk accepted; turn a forwarded claim's 501 into native's 404."""
         message = orjson.loads(text)
+        if not isinstance(message, dict) or message.get("type") != "RESTResponse":
+            return text
         key = (message.get("transaction_id", ""), message.get("request_id", ""))
-        if message.get("type") != "RESTResponse" or key not in pending:
+        status = message.get("status_code", 0)
+        released = self._releases.get(session, {}).pop(key, None)
+        if released is not None and isinstance(status, int) and 200 <= status < 300:
+            self._controller.released(released)
+        pending = self._forwarded.get(session)
+        if not pending or key not in pending:
             return text
         pending.discard(key)
-        status, body = native_404_for_501(message.get("status_code", 0), b"")
-        if status == message.get("status_code"):
+        native, body = native_404_for_501(status, b"")
+        if native == status:
             return text
         message.update(
-            status_code=status,
+            status_code=native,
             reason_phrase="Not Found",
             content_type="application/json",
             message_body=body.decode(),
@@ -63,24 +82,31 @@ class BroadcastHooks:
         return orjson.dumps(message).decode()
 
     async def client_frame(self, session: EventSession, text: str) -> bool:
-        if '"RESTRequest"' not in text or "events/claim" not in text:
+        """Answer claims and control calls on channels under broadcast; note releases."""
+        if '"RESTRequest"' not in text:
             return False
         request = parse_rest_request(text)
-        if (
-            request is None
-            or request.path != "events/claim"
-            or request.method != "POST"
-            or request.body_error is not None
-        ):
+        if request is None or request.body_error is not None:
             return False
         credentials = Credentials(
             session.headers.get("authorization"), session.query.get("api_key")
         )
-        answer = await self._claims.answer(credentials, request.params, request.json_body)
-        if answer is None:
-            self._forwarded.setdefault(session, set()).add(
-                (request.transaction_id, request.request_id)
+        key = (request.transaction_id, request.request_id)
+        if request.path == "events/claim" and request.method == "POST":
+            answer = await self._claims.answer(credentials, request.params, request.json_body)
+            if answer is None:
+                self._forwarded.setdefault(session, set()).add(key)
+                return False
+        elif (channel := controlled_channel(request.method, request.path)) is not None and (
+            self._controller.is_locked(channel)
+        ):
+            answer = await self._claims.write_refusal(credentials) or ClaimAnswer(
+                409, {"message": NOT_IN_STASIS}
             )
+            log.info("RESTRequest %s /%s -> %d", request.method, request.path, answer.status)
+        else:
+            if (released := released_channel(request.method, request.path)) is not None:
+                self._releases.setdefault(session, {})[key] = released
             return False
         session.send_event(
             rest_response(

@@ -4,6 +4,7 @@ native broadcasts passing through, the direct form, and keeping its internals pr
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import httpx
@@ -204,3 +205,51 @@ async def test_a_channel_list_too_large_to_buffer_still_reads_as_native(
     finally:
         for channel_id in fillers:
             await ari.http.delete(f"channels/{channel_id}")
+
+
+async def test_over_rest_websocket_a_call_on_offer_is_locked_and_reads_as_native(
+    proxy_target: Target,
+) -> None:
+    """REST over WebSocket gets what HTTP gets: control calls on a call still on offer are
+    refused with native's 409 (a rival's `continue` must not take the call out of the race),
+    and the channel's snapshot reads as native's."""
+    async with apps(proxy_target, "wsowner", "wsrival") as sockets:
+        call = await place_call(proxy_target, "5000")
+        offer = await sockets["wsowner"].wait_for("CallBroadcast")
+        channel_id = offer["channel"]["id"]
+        rival = sockets["wsrival"]
+        await rival.wait_for("CallBroadcast")
+        for n, (method, uri) in enumerate(
+            [
+                ("POST", f"channels/{channel_id}/continue"),
+                ("POST", f"channels/{channel_id}/answer"),
+                ("GET", f"channels/{channel_id}"),
+            ]
+        ):
+            await rival.socket.send(
+                json.dumps(
+                    {
+                        "type": "RESTRequest",
+                        "transaction_id": "t",
+                        "request_id": f"r{n}",
+                        "method": method,
+                        "uri": uri,
+                    }
+                )
+            )
+        await rival.wait_for(lambda e: len(rival.of_type("RESTResponse")) == 3)
+        answers = {r["request_id"]: r for r in rival.of_type("RESTResponse")}
+        for refused in ("r0", "r1"):
+            assert answers[refused]["status_code"] == 409
+            assert json.loads(answers[refused]["message_body"]) == {
+                "message": "Channel not in Stasis application"
+            }
+        assert answers["r2"]["status_code"] == 200
+        snapshot = json.loads(answers["r2"]["message_body"])
+        assert snapshot["dialplan"]["app_name"] == "StasisBroadcast"
+        assert snapshot["dialplan"]["app_data"] == "5000"
+        # The call is still on offer: its owner claims it.
+        assert (await claim(proxy_target.apps_ari, channel_id, "wsowner"))["status"] == 204
+        await sockets["wsowner"].wait_for("StasisStart")
+        await proxy_target.apps_ari.http.post(f"channels/{channel_id}/continue")
+        assert (await result(proxy_target, call))[0] == "SUCCESS"

@@ -55,3 +55,19 @@ def test_forgetting_an_older_invocation_keeps_the_current_one() -> None:
     assert len(presenter) == 1
     presenter.forget("c-1", again)
     assert len(presenter) == 0
+
+
+def test_a_snapshot_in_a_rest_over_websocket_answer_reads_as_native() -> None:
+    presenter = Presenter("broadcast", "stasis-broadcast")
+    presenter.remember("c-1", Invocation("subroutine", "5000", "from-sip", "100", 3))
+    channel = {"id": "c-1", "dialplan": {"context": "stasis-broadcast", "exten": "s"}}
+    response = {
+        "type": "RESTResponse",
+        "status_code": 200,
+        "message_body": orjson.dumps(channel).decode(),
+    }
+    out = presenter.frame(orjson.dumps(response).decode())
+    assert out is not None
+    body = orjson.loads(orjson.loads(out)["message_body"])
+    assert body["dialplan"]["app_name"] == "StasisBroadcast"
+    assert body["dialplan"]["context"] == "from-sip"
