@@ -202,10 +202,10 @@ class BroadcastCore(Generic[C]):
             deadline=now + max(timeout_ms, 0) / 1000,
         )
         self._broadcasts[channel_id] = broadcast
-        commands: list[Command] = []
+        # The timer first: should the fan-out fail, the call still times out (never strands).
+        commands: list[Command] = [ArmTimer(channel_id, broadcast.deadline)]
         if apps:
             commands.append(SendCallBroadcast(broadcast, tuple(apps)))
-        commands.append(ArmTimer(channel_id, broadcast.deadline))
         return commands
 
     def claim(self, channel_id: str, app: str, now: float) -> tuple[ClaimOutcome, list[Command]]:

@@ -38,8 +38,9 @@ def offered(
 def test_offer_sends_one_broadcast_to_every_recipient_and_arms_the_deadline() -> None:
     core: BroadcastCore[str] = BroadcastCore(random.Random(1))
     commands = core.offer("chan-1", "ctx", APPS, 1500, False, now=10.0)
-    assert [type(c) for c in commands] == [SendCallBroadcast, ArmTimer]
-    send, arm = commands
+    # The deadline first: a fan-out that fails cannot leave the call without a timeout.
+    assert [type(c) for c in commands] == [ArmTimer, SendCallBroadcast]
+    arm, send = commands
     assert isinstance(send, SendCallBroadcast) and sorted(send.apps) == APPS
     assert arm == ArmTimer("chan-1", 11.5)
     assert core.get("chan-1").state is State.OFFERED
@@ -50,7 +51,7 @@ def test_order_is_shuffled_per_call() -> None:
     apps = [f"app{i}" for i in range(8)]
     orders = set()
     for n in range(20):
-        send = core.offer(f"c{n}", "ctx", apps, 500, False, now=0.0)[0]
+        send = core.offer(f"c{n}", "ctx", apps, 500, False, now=0.0)[1]
         assert isinstance(send, SendCallBroadcast)
         orders.add(send.apps)
     assert len(orders) > 10
@@ -158,7 +159,7 @@ def test_repeat_broadcast_on_the_same_channel_starts_fresh() -> None:
     core = offered()
     core.claim("chan-1", "alpha", now=100.1)
     commands = core.offer("chan-1", "ctx2", APPS, 500, False, now=200.0)
-    assert isinstance(commands[0], SendCallBroadcast)
+    assert isinstance(commands[1], SendCallBroadcast)
     assert core.get("chan-1").state is State.OFFERED
     assert core.claim("chan-1", "beta", now=200.1)[0] is ClaimOutcome.WON
 
