@@ -43,13 +43,13 @@ def backoff(initial: float = 0.2, factor: float = 2.0, cap: float = 10.0) -> Ite
 
 
 def stasis_data(winner: str, args: tuple[str, ...]) -> str:
-    """Stasis() application data that gives the winner exactly `args`.
+    """Stasis() application data that starts the winner (any name) with exactly `args`.
 
-    Every character Asterisk's argument splitter treats specially is backslash-escaped
-    (quoting would not do: brackets count even inside quotes, and a trailing `""` makes
-    Asterisk add one more empty argument).
+    Every character Asterisk's argument splitter treats specially is backslash-escaped, in
+    the application name as in the arguments (quoting would not do: brackets count even
+    inside quotes, and a trailing `""` makes Asterisk add one more empty argument).
     """
-    return ",".join([winner, *(_STASIS_SPECIALS.sub(r"\\\1", a) for a in args)])
+    return ",".join(_STASIS_SPECIALS.sub(r"\\\1", a) for a in (winner, *args))
 
 
 class HandOverResult(enum.Enum):

@@ -253,3 +253,21 @@ async def test_over_rest_websocket_a_call_on_offer_is_locked_and_reads_as_native
         await sockets["wsowner"].wait_for("StasisStart")
         await proxy_target.apps_ari.http.post(f"channels/{channel_id}/continue")
         assert (await result(proxy_target, call))[0] == "SUCCESS"
+
+
+async def test_an_application_named_with_dialplan_specials_still_gets_the_call(
+    proxy_target: Target,
+) -> None:
+    """The direct form hands over with Stasis(<winner>,<args>) in the dialplan: a name with
+    characters Asterisk's argument splitter treats specially must arrive whole."""
+    name = "odd(x"  # unbalanced: unescaped, it would swallow the comma after it
+    async with apps(proxy_target, name) as sockets:
+        call = await place_call(proxy_target, "5000,,x", context="conformance-direct")
+        offer = await sockets[name].wait_for("CallBroadcast")
+        channel_id = offer["channel"]["id"]
+        assert (await claim(proxy_target.apps_ari, channel_id, name))["status"] == 204
+        start = await sockets[name].wait_for("StasisStart")
+        assert start["application"] == name
+        assert start["args"] == ["x"]
+        await proxy_target.apps_ari.http.post(f"channels/{channel_id}/continue")
+        assert (await result(proxy_target, call))[0] == "SUCCESS"
