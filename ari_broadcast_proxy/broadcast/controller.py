@@ -406,6 +406,8 @@ class BroadcastController:
         result = HandOverResult.FAILED
         if pending is not None:
             result, why = await pending
+        if result is HandOverResult.UNKNOWN:
+            result = await self._confirm_hand_over(broadcast, winner, why)
         if self.core.get(channel_id) is not broadcast:
             return  # the channel re-entered the broadcast meanwhile
         if result is not HandOverResult.DONE:
@@ -414,10 +416,37 @@ class BroadcastController:
             return
         self._metrics.handover.observe(time.perf_counter() - started)
         await asyncio.sleep(HANDOVER_WATCHDOG)
+        if self.core.get(channel_id) is not broadcast or broadcast.session_started:
+            return
+        with contextlib.suppress(ProxyError):
+            parked = await self._dialplan.parked(channel_id)
+            if parked and self.core.get(channel_id) is broadcast and not broadcast.session_started:
+                self._handover_failed(channel_id, winner, "the channel never left", gone=False)
+                return
         if self.core.get(channel_id) is broadcast and not broadcast.session_started:
             _log(logging.WARNING, channel_id, "%r never received the channel (gone?)", winner)
             self._metrics.outcomes.labels("failed").inc()
             self._end_session(channel_id)
+
+    async def _confirm_hand_over(
+        self, broadcast: Broadcast[Offer], winner: str, why: str
+    ) -> HandOverResult:
+        """Asterisk did not say whether it took the hand-over (its answer was lost or late):
+        the winner's StasisStart, or the channel having left the broadcast application, say
+        it did; still there, it did not (and goes back to the dialplan, FAILED)."""
+        channel_id = broadcast.channel_id
+        _log(logging.WARNING, channel_id, "hand-over to %r: %s; asking Asterisk", winner, why)
+        if broadcast.session_started:
+            return HandOverResult.DONE
+        try:
+            if await self._dialplan.parked(channel_id):
+                return HandOverResult.FAILED
+            exists = await self._dialplan.exists(channel_id)
+        except ProxyError:
+            return HandOverResult.FAILED  # the return to the dialplan checks and retries
+        if broadcast.session_started or exists:
+            return HandOverResult.DONE
+        return HandOverResult.CHANNEL_GONE
 
     def _handover_failed(self, channel_id: str, winner: str, why: str, gone: bool) -> None:
         _log(logging.WARNING, channel_id, "hand-over to %r failed: %s", winner, why)
@@ -509,6 +538,6 @@ async def _settled(verdict: Awaitable[HandOverResult]) -> tuple[HandOverResult, 
     """A hand-over's result and why, its failures included (never raises ProxyError)."""
     try:
         result = await verdict
-    except ProxyError as exc:
-        return HandOverResult.FAILED, exc.message
+    except ProxyError as exc:  # timed out, or the socket closed under it
+        return HandOverResult.UNKNOWN, exc.message
     return result, result.value

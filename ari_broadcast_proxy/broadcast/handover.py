@@ -56,6 +56,7 @@ class HandOverResult(enum.Enum):
     DONE = "done"
     CHANNEL_GONE = "channel gone"
     FAILED = "failed"
+    UNKNOWN = "no answer from Asterisk"  # it may or may not have taken the hand-over
 
 
 async def _verdict(pending: Awaitable[list[int]], counted: int) -> HandOverResult:
@@ -167,6 +168,8 @@ class Dialplan:
         else:
             status_var = {"variable": "ARI_BROADCAST_STATUS", "value": verdict.value}
             calls = [("variable", status_var), ("continue", {})]
+        if verdict is Verdict.FAILED and not await self._still_parked(channel_id):
+            return True  # a hand-over Asterisk did take after all: the channel is not ours
         delays = backoff(0.1, 2.0, 2.0)
         for _ in range(_RESUME_ATTEMPTS):
             try:
@@ -194,9 +197,13 @@ class Dialplan:
         """Whether the channel still waits in the broadcast application, where a resume may
         safely be sent again (anywhere else `continue` would disturb someone else's call)."""
         try:
-            return channel_id in await self.channels_in(self._app)
+            return await self.parked(channel_id)
         except ProxyError:
             return True
+
+    async def parked(self, channel_id: str) -> bool:
+        """Whether the channel is in the broadcast application now (ProxyError: unknown)."""
+        return channel_id in await self.channels_in(self._app)
 
     async def invocation_of(self, channel_id: str) -> Invocation | None:
         """Where a channel we know nothing about sits (for sending it back)."""
