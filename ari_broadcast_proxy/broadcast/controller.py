@@ -97,6 +97,8 @@ class BroadcastController:
         self.core: BroadcastCore[Offer] = BroadcastCore(rng)
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._returning: set[str] = set()  # channels with a return to the dialplan in flight
+        self._suspects: set[str] = set()  # unknown channels the last sweep found parked
         self._runner: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._calls = RestOverWebSocket(None, config.upstream_timeout)  # replaced per connection
@@ -218,9 +220,7 @@ class BroadcastController:
             # A bug must cost one call at most, never the broadcast application's socket.
             log.exception("channel %s: %s could not be handled", channel_id, kind)
             if kind == "StasisStart" and self.core.get(channel_id) is None:
-                self._spawn(
-                    self._resume_unknown(channel_id, Verdict.FAILED), f"resume-{channel_id}"
-                )
+                self._send_back(channel_id, self._resume_unknown(channel_id, Verdict.FAILED))
 
     def _on_stasis_start(self, event: dict[str, Any]) -> None:
         started = time.perf_counter()
@@ -238,7 +238,7 @@ class BroadcastController:
                 self._config.broadcast_app,
                 exc,
             )
-            self._spawn(self._resume_unknown(channel_id, Verdict.FAILED), f"resume-{channel_id}")
+            self._send_back(channel_id, self._resume_unknown(channel_id, Verdict.FAILED))
             return
         options = parse_broadcast_data(invocation.raw_data)
         app_filter, filter_warnings = AppFilter.compile(options.app_filter)
@@ -359,12 +359,18 @@ class BroadcastController:
             elif isinstance(command, ResumeDialplan):
                 channel_id = command.broadcast.channel_id
                 self.presenter.forget(channel_id)
-                self._spawn(
+                self._send_back(
+                    channel_id,
                     self._dialplan.resume(
                         channel_id, command.broadcast.context.invocation, command.verdict
                     ),
-                    f"resume-{channel_id}",
                 )
+
+    def _send_back(self, channel_id: str, resume: Coroutine[Any, Any, Any]) -> None:
+        """Run a return to the dialplan; sweeps leave a channel with one in flight alone."""
+        self._returning.add(channel_id)
+        task = self._spawn(resume, f"resume-{channel_id}")
+        task.add_done_callback(lambda _: self._returning.discard(channel_id))
 
     def _expire(self, channel_id: str) -> None:
         self._timers.pop(channel_id, None)
@@ -456,35 +462,46 @@ class BroadcastController:
 
     async def _resume_unknown(self, channel_id: str, verdict: Verdict) -> None:
         """Send back a channel whose invocation we do not know (read it from Asterisk)."""
-        invocation = await self._dialplan.invocation_of(channel_id)
+        try:
+            invocation = await self._dialplan.invocation_of(channel_id)
+        except ProxyError as exc:
+            _log(logging.WARNING, channel_id, "cannot send it back yet: %s", exc.message)
+            return  # still parked: a sweep finds it again
         if invocation is not None:
             await self._dialplan.resume(channel_id, invocation, verdict)
+
+    async def _orphans(self) -> set[str]:
+        """Channels in the broadcast application that the proxy neither offers nor is
+        sending back (ProxyError when Asterisk cannot say)."""
+        parked = await self._dialplan.channels_in(self._config.broadcast_app)
+        return {c for c in parked if self.core.get(c) is None and c not in self._returning}
+
+    def _return_orphans(self, channel_ids: set[str]) -> None:
+        for channel_id in channel_ids:
+            _log(
+                logging.WARNING,
+                channel_id,
+                "was left in the broadcast application; sending it back (TIMEOUT)",
+            )
+            self._metrics.outcomes.labels("timeout").inc()
+            self._send_back(channel_id, self._resume_unknown(channel_id, Verdict.TIMEOUT))
 
     async def _recover(self) -> None:
         """After (re)connecting: channels already in the broadcast application that we do not
         know (the proxy restarted, or its socket dropped) go back to the dialplan (TIMEOUT)."""
         try:
-            channel_ids = await self._dialplan.channels_in(self._config.broadcast_app)
+            self._return_orphans(await self._orphans())
         except ProxyError as exc:
             log.warning(
                 "could not list channels left in the broadcast application: %s", exc.message
             )
-            return
-        for channel_id in channel_ids:
-            if self.core.get(channel_id) is None:
-                _log(
-                    logging.WARNING,
-                    channel_id,
-                    "was left in the broadcast application; sending it back (TIMEOUT)",
-                )
-                self._metrics.outcomes.labels("timeout").inc()
-                self._spawn(
-                    self._resume_unknown(channel_id, Verdict.TIMEOUT), f"recover-{channel_id}"
-                )
 
     async def _sweep(self) -> None:
-        """Forget claimed broadcasts whose channel no longer exists (the winner's socket was
-        gone, so its StasisEnd was never seen)."""
+        """Every SWEEP_INTERVAL: forget claimed broadcasts whose channel no longer exists (the
+        winner's socket was gone, so its StasisEnd was never seen), and send back channels
+        left in the broadcast application (a return that failed every retry) once two
+        sweeps in a row found them there unknown (a call entering as the list is read is
+        not yet known either)."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             for channel_id in self.core.channel_ids():
@@ -494,6 +511,10 @@ class BroadcastController:
                 with contextlib.suppress(ProxyError):
                     if not await self._dialplan.exists(channel_id):
                         self._end_session(channel_id)
+            with contextlib.suppress(ProxyError):
+                found = await self._orphans()
+                self._return_orphans(found & self._suspects)
+                self._suspects = found - self._suspects
 
     def _end_session(self, channel_id: str) -> None:
         if self.core.session_ended(channel_id, self._now()) is not None:
