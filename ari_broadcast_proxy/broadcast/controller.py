@@ -216,6 +216,15 @@ class BroadcastController:
                 self._on_stasis_end(channel_id)
             elif kind == "ApplicationMoveFailed":
                 self._on_move_failed(channel_id, str(event.get("destination", "")))
+            elif kind == "ApplicationReplaced":
+                # Another client (a second proxy?) registered the broadcast application:
+                # calls now go to it. Not ready, so health checks show it; restart to take over.
+                self._ready.clear()
+                log.error(
+                    "another client registered the broadcast application %r on Asterisk: "
+                    "this proxy gets no more calls (not ready)",
+                    self._config.broadcast_app,
+                )
         except Exception:
             # A bug must cost one call at most, never the broadcast application's socket.
             log.exception("channel %s: %s could not be handled", channel_id, kind)

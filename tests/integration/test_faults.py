@@ -293,6 +293,21 @@ async def test_a_slow_consumer_of_large_events_is_closed_by_the_byte_bound(
         proxy.stop()
 
 
+async def test_another_client_taking_the_broadcast_application_makes_the_proxy_unready(
+    asterisk: Asterisk, tmp_path: Path
+) -> None:
+    """A second proxy (or anything) registering the same broadcast application takes the
+    calls: the first says so in its log and in /readyz instead of looking healthy."""
+    proxy = fault_proxy(asterisk, tmp_path)
+    try:
+        assert await readyz(proxy.base) == 200
+        async with events(asterisk.base, FAULT_APP):
+            await wait_until(lambda: readyz(proxy.base), 503, 5)
+        assert "another client registered the broadcast application" in proxy.log()
+    finally:
+        proxy.stop()
+
+
 # -- the proxy dying or stopping --------------------------------------------------------------
 
 
