@@ -423,6 +423,10 @@ class BroadcastController:
             result, why = await pending
         if result is HandOverResult.UNKNOWN:
             result = await self._confirm_hand_over(broadcast, winner, why)
+        elif result is HandOverResult.CHANNEL_GONE:
+            with contextlib.suppress(ProxyError):  # a 404 also says: no such label
+                if await self._dialplan.exists(channel_id):
+                    result, why = HandOverResult.FAILED, "Asterisk answered 404 (a missing label?)"
         if self.core.get(channel_id) is not broadcast:
             return  # the channel re-entered the broadcast meanwhile
         if result is not HandOverResult.DONE:

@@ -174,8 +174,13 @@ class Dialplan:
         for _ in range(_RESUME_ATTEMPTS):
             try:
                 statuses = await self._channel_calls(channel_id, calls)
-                if 404 in statuses or (len(statuses) == len(calls) and statuses[-1] < 300):
+                if len(statuses) == len(calls) and statuses[-1] < 300:
                     return True
+                if 404 in statuses:
+                    if not await self.exists(channel_id):
+                        return True  # it hung up
+                    calls = self._missing_label(channel_id, calls)
+                    continue
             except ProxyError as exc:
                 log.warning(
                     "channel %s: returning to the dialplan failed: %s",
@@ -192,6 +197,22 @@ class Dialplan:
             extra={"channel_id": channel_id},
         )
         return False
+
+    def _missing_label(
+        self, channel_id: str, calls: list[tuple[str, dict[str, Any]]]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """Asterisk answered 404 for a channel that exists: `continue` found no such label in
+        the subroutine context. The verdict cannot reach the dialplan; the call is not left
+        here for it: it goes on at the next priority."""
+        log.error(
+            "channel %s: [%s] has no label for %s (edited? compare it with the shipped "
+            "asterisk-conf/extensions.conf): the call goes on at the next priority",
+            channel_id,
+            self._context,
+            calls[-1][1],
+            extra={"channel_id": channel_id},
+        )
+        return [("continue", {})]
 
     async def _still_parked(self, channel_id: str) -> bool:
         """Whether the channel still waits in the broadcast application, where a resume may

@@ -308,6 +308,30 @@ async def test_another_client_taking_the_broadcast_application_makes_the_proxy_u
         proxy.stop()
 
 
+async def test_a_subroutine_without_its_labels_strands_no_call(
+    asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path
+) -> None:
+    """An edited copy of [stasis-broadcast] that lost its labels: `continue` to them gets
+    404 although the channel exists. The proxy says what is wrong and lets the call go on
+    at the next priority instead of taking it for hung up and leaving it parked."""
+    proxy = fault_proxy(asterisk, tmp_path, "--subroutine-context", "tests-broken-broadcast")
+    try:
+        tag = token()
+        await ari.originate(
+            "Local/s@tests-broken-caller",
+            variables={
+                "__BCAST_DATA": "300",
+                "__BCAST_TOKEN": tag,
+                "__ARI_BROADCAST_APP": FAULT_APP,
+            },
+        )
+        assert await ari.wait_global(f"BCAST_RESULT_{tag}", timeout=5)
+        assert "[tests-broken-broadcast] has no label" in proxy.log()
+    finally:
+        await ari.hangup_all()
+        proxy.stop()
+
+
 # -- the proxy dying or stopping --------------------------------------------------------------
 
 
