@@ -93,7 +93,8 @@ class Proxy:
         self._drained = True
         await self.controller.stop(timeout)
         self.sessions.close_all()
-        await self.sessions.wait_closed(3.0)
+        # A session's queue flush (1 s) and Asterisk's close (2 s), with some room.
+        await self.sessions.wait_closed(4.0)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:

@@ -65,6 +65,7 @@ DRAIN_SECONDS = 2.0
 ASTERISK_MAX_PARSED_BODY = 40960
 _PARSED_BODY_TYPES = frozenset({"application/json", "application/x-www-form-urlencoded"})
 BUFFER_LIMIT = 256 * 1024  # larger answers (recordings, sounds) are streamed
+STREAM_PIECE = 16 * 1024  # streamed answers go to the client in pieces of at most this
 # Answers the proxy may have to rewrite (api-docs, channel snapshots while broadcasts run)
 # are read whole however large, up to this (a channel list of some 50 000 channels).
 REWRITE_LIMIT = 64 * 1024 * 1024
@@ -100,18 +101,22 @@ class _Answer:
             return
         # The request was read: the next message is the client going away, if it does (the
         # server's send then returns silently, and Asterisk's answer would be read for nobody).
-        # A client that stays but stops reading holds a connection to Asterisk: it gets as
-        # long as Asterisk would (the upstream timeout) for each piece.
+        # A client that stays but stops reading holds a connection to Asterisk: each piece
+        # of STREAM_PIECE bytes gets as long as Asterisk would (the upstream timeout) to be
+        # taken, so a client reading slower than about 5 KB/s (the server's write buffer
+        # drains from 64 to 16 KiB before its send returns) loses the answer.
         gone = asyncio.ensure_future(receive())
         stall = self.stream.timeout
         try:
             start = {"type": "http.response.start", "status": self.status, "headers": self.headers}
             await send(start)
             async for chunk in self.stream.iter_body():
-                if gone.done():
-                    return  # the connection to Asterisk is dropped with the unread rest
-                async with asyncio.timeout(stall):
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                for at in range(0, len(chunk), STREAM_PIECE):
+                    if gone.done():
+                        return  # the connection to Asterisk is dropped with the unread rest
+                    piece = chunk[at : at + STREAM_PIECE]
+                    async with asyncio.timeout(stall):
+                        await send({"type": "http.response.body", "body": piece, "more_body": True})
             await send({"type": "http.response.body", "body": b""})
         except TimeoutError:
             log.warning("client stopped reading a streamed answer for %g s: dropped", stall)

@@ -37,7 +37,7 @@ CLOSE_UPSTREAM_GONE = 1001
 CLOSE_SHUTDOWN = 1001
 # When Asterisk or the proxy ends a session, the client still gets what was queued for it
 # (the last StasisEnd, ApplicationReplaced...) within this time.
-FLUSH_TIMEOUT = 2.0
+FLUSH_TIMEOUT = 1.0
 # Besides its frame count, a client's queue may hold this many characters (ARI events are a
 # few KiB of ASCII JSON; user events with large variables reach 40 KiB each).
 MAX_QUEUED_BYTES = 16 * 1024 * 1024
@@ -129,18 +129,24 @@ class EventSession:
         """Relay until either side closes or `close` is called; then close both sides."""
         self.upstream.start(self._from_upstream)
         writer = asyncio.create_task(self._to_client(), name="to-client")
+        reader = asyncio.create_task(self._from_client(), name="from-client")
         tasks = [
             asyncio.create_task(self._upstream_closed(), name="upstream-closed"),
-            asyncio.create_task(self._from_client(), name="from-client"),
+            reader,
             writer,
             asyncio.create_task(self._done.wait(), name="done"),
         ]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if self._flushes() and not writer.done():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(FLUSH_TIMEOUT):
-                        await self._queue.join()
+                # Until the queue is sent, or the writer fails, or the client leaves.
+                flushed = asyncio.create_task(self._queue.join(), name="flushed")
+                tasks.append(flushed)
+                await asyncio.wait(
+                    {flushed, writer, reader},
+                    timeout=FLUSH_TIMEOUT,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
         finally:
             for task in tasks:
                 task.cancel()

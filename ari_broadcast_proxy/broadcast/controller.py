@@ -219,7 +219,9 @@ class BroadcastController:
             elif kind == "ApplicationReplaced":
                 # Another client (a second proxy?) registered the broadcast application:
                 # calls now go to it. Not ready, so health checks show it; restart to take over.
+                # Its parked calls are its own: no more sweeping them back (see _sweep).
                 self._ready.clear()
+                self._suspects.clear()
                 log.error(
                     "another client registered the broadcast application %r on Asterisk: "
                     "this proxy gets no more calls (not ready)",
@@ -332,6 +334,11 @@ class BroadcastController:
         asyncio.get_running_loop().call_later(
             RELEASE_GRACE, self.presenter.forget, channel_id, broadcast.context.invocation
         )
+
+    def in_session(self, channel_id: str) -> bool:
+        """True while the winner controls the channel (until it lets go)."""
+        broadcast = self.core.get(channel_id)
+        return broadcast is not None and broadcast.session_started
 
     def is_locked(self, channel_id: str) -> bool:
         """True while no application controls the channel (native: not in Stasis)."""
@@ -524,10 +531,13 @@ class BroadcastController:
                 with contextlib.suppress(ProxyError):
                     if not await self._dialplan.exists(channel_id):
                         self._end_session(channel_id)
+            if not self.ready:  # the broadcast application was taken over
+                continue
             with contextlib.suppress(ProxyError):
                 found = await self._orphans()
-                self._return_orphans(found & self._suspects)
-                self._suspects = found - self._suspects
+                if self.ready:
+                    self._return_orphans(found & self._suspects)
+                    self._suspects = found - self._suspects
 
     def _end_session(self, channel_id: str) -> None:
         if self.core.session_ended(channel_id, self._now()) is not None:

@@ -160,7 +160,8 @@ class Dialplan:
 
     async def resume(self, channel_id: str, invocation: Invocation, verdict: Verdict) -> bool:
         """Back to the dialplan with a verdict, retried so no channel is left stranded.
-        False if Asterisk could not be told (the next reconnect's recovery retries)."""
+        False if Asterisk could not be told (the controller's sweep, or the recovery after a
+        reconnect, sends it back later)."""
         calls: list[tuple[str, dict[str, Any]]]
         if invocation.form == "subroutine":
             label = verdict.value.lower()

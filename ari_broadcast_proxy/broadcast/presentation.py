@@ -100,8 +100,8 @@ class Presenter:
         self._subroutine_context = subroutine_context
         # Substrings a snapshot of ours must contain; cheap to test on every frame. Inside a
         # RESTResponse's message_body (a JSON string) the quotes are escaped.
-        markers = (f'"{subroutine_context}"', f'"{broadcast_app},', f'"{broadcast_app}"')
-        self._markers = (*markers, *(m.replace('"', '\\"') for m in markers))
+        self._markers = (f'"{subroutine_context}"', f'"{broadcast_app},', f'"{broadcast_app}"')
+        self._escaped = tuple(m.replace('"', '\\"') for m in self._markers)
 
     def __len__(self) -> int:
         return len(self._invocations)
@@ -132,7 +132,10 @@ class Presenter:
         )
 
     def _has_snapshots_of_ours(self, text: str) -> bool:
-        return bool(self._invocations) and any(marker in text for marker in self._markers)
+        return bool(self._invocations) and (
+            any(marker in text for marker in self._markers)
+            or ('"RESTResponse"' in text and any(marker in text for marker in self._escaped))
+        )
 
     def frame(self, text: str, message: Any = None) -> str | None:
         """An upstream events frame as the client must see it; None drops it. `message` is

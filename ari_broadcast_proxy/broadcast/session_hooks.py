@@ -50,9 +50,7 @@ class BroadcastHooks:
             event = orjson.loads(text)
             if event.get("type") == "ApplicationReplaced":
                 self._registry.unregister(session, [event.get("application", "")])
-        if '"RESTResponse"' in text and (
-            self._forwarded.get(session) or self._releases.get(session)
-        ):
+        if (self._forwarded or self._releases) and '"RESTResponse"' in text:
             text = self._rest_response(session, text)
         return self._controller.observe_upstream_frame(text)
 
@@ -61,15 +59,20 @@ class BroadcastHooks:
         message = orjson.loads(text)
         if not isinstance(message, dict) or message.get("type") != "RESTResponse":
             return text
-        key = (message.get("transaction_id", ""), message.get("request_id", ""))
+        key = (str(message.get("transaction_id", "")), str(message.get("request_id", "")))
         status = message.get("status_code", 0)
-        released = self._releases.get(session, {}).pop(key, None)
-        if released is not None and isinstance(status, int) and 200 <= status < 300:
-            self._controller.released(released)
+        releases = self._releases.get(session)
+        if releases and (released := releases.pop(key, None)) is not None:
+            if not releases:
+                del self._releases[session]
+            if isinstance(status, int) and 200 <= status < 300:
+                self._controller.released(released)
         pending = self._forwarded.get(session)
         if not pending or key not in pending:
             return text
         pending.discard(key)
+        if not pending:
+            del self._forwarded[session]
         native, body = native_404_for_501(status, b"")
         if native == status:
             return text
@@ -105,7 +108,8 @@ class BroadcastHooks:
             )
             log.info("RESTRequest %s /%s -> %d", request.method, request.path, answer.status)
         else:
-            if (released := released_channel(request.method, request.path)) is not None:
+            released = released_channel(request.method, request.path)
+            if released is not None and self._controller.in_session(released):
                 self._releases.setdefault(session, {})[key] = released
             return False
         session.send_event(

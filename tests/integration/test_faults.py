@@ -244,7 +244,7 @@ async def test_frames_queued_when_asterisk_closes_the_socket_still_reach_the_cli
                 assert response.status_code == 204
         await asyncio.sleep(0.5)
         os.kill(private_asterisk.pid, signal.SIGKILL)  # its sockets close at once
-        await asyncio.sleep(0.5)  # the proxy has seen the close; the client reads only now
+        await asyncio.sleep(0.3)  # the proxy has seen the close; the client reads only now
         received = []
         with pytest.raises(ConnectionClosed):
             async with asyncio.timeout(20):
