@@ -524,12 +524,18 @@ class BroadcastController:
         not yet known either)."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
-            for channel_id in self.core.channel_ids():
-                broadcast = self.core.get(channel_id)
-                if broadcast is None or broadcast.state is not State.CLAIMED:
-                    continue
-                with contextlib.suppress(ProxyError):
-                    if not await self._dialplan.exists(channel_id):
+            claimed = {
+                channel_id: broadcast
+                for channel_id in self.core.channel_ids()
+                if (broadcast := self.core.get(channel_id)) is not None
+                and broadcast.state is State.CLAIMED
+            }
+            with contextlib.suppress(ProxyError):
+                # One listing for all of them (the claimed ones were taken before it).
+                live = await self._dialplan.live_channels() if claimed else None
+                for channel_id, broadcast in claimed.items():
+                    gone = live is not None and channel_id not in live
+                    if gone and self.core.get(channel_id) is broadcast:
                         self._end_session(channel_id)
             if not self.ready:  # the broadcast application was taken over
                 continue

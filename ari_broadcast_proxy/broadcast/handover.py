@@ -242,3 +242,10 @@ class Dialplan:
 
     async def exists(self, channel_id: str) -> bool:
         return (await self._rest.call("GET", f"channels/{channel_id}")).status_code != 404
+
+    async def live_channels(self) -> set[str] | None:
+        """Every channel id on Asterisk now (None if it would not say)."""
+        response = await self._rest.call("GET", "channels")
+        if response.status_code != 200:
+            return None
+        return {c.get("id", "") for c in response.json() if isinstance(c, dict)}
