@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from websockets.asyncio.client import connect
+from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from ..ari import SANDBOX, Ari, Asterisk, events, start_asterisk, stop_asterisk, token
@@ -60,6 +60,17 @@ async def wait_until(probe: Callable[[], Awaitable[int]], expected: int, timeout
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"status stayed {last}, expected {expected} within {timeout}s")
+
+
+async def reluctant_reader(proxy: ProxyProcess, app: str) -> ClientConnection:
+    """An events socket through the proxy that reads only when the test calls recv(): a
+    tiny receive buffer, so frames soon wait in the proxy's queue."""
+    raw = socket.socket()
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    raw.connect(("127.0.0.1", proxy.port))
+    raw.setblocking(False)
+    url = proxy.base.replace("http", "ws") + f"/ari/events?app={app}&api_key=asterisk:asterisk"
+    return await connect(url, sock=raw, max_queue=1, max_size=None, compression=None)
 
 
 @pytest.fixture
@@ -226,13 +237,8 @@ async def test_frames_queued_when_asterisk_closes_the_socket_still_reach_the_cli
     """The client lags (frames wait in the proxy's queue) when Asterisk goes away: it still
     gets every frame Asterisk sent before closing, then the close."""
     proxy = fault_proxy(private_asterisk, tmp_path)
-    url = proxy.base.replace("http", "ws") + "/ari/events?app=laggard&api_key=asterisk:asterisk"
     try:
-        raw = socket.socket()
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.connect(("127.0.0.1", proxy.port))
-        raw.setblocking(False)
-        laggard = await connect(url, sock=raw, max_queue=1, max_size=None, compression=None)
+        laggard = await reluctant_reader(proxy, "laggard")  # reads nothing for now
         blob = "x" * 16000
         async with httpx.AsyncClient(auth=("asterisk", "asterisk")) as http:
             for i in range(300):  # ~5 MB: most of it waits in the proxy's queue
@@ -262,13 +268,8 @@ async def test_a_slow_consumer_of_large_events_is_closed_by_the_byte_bound(
     """500 user events of 40 KB (20 MB) stay below the frame bound (1024) but not below the
     16 MiB a client's queue may hold: the client is closed with 1013, memory stays bounded."""
     proxy = fault_proxy(asterisk, tmp_path)
-    url = proxy.base.replace("http", "ws") + "/ari/events?app=glutton&api_key=asterisk:asterisk"
     try:
-        raw = socket.socket()
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.connect(("127.0.0.1", proxy.port))
-        raw.setblocking(False)
-        glutton = await connect(url, sock=raw, max_queue=1, max_size=None, compression=None)
+        glutton = await reluctant_reader(proxy, "glutton")  # reads nothing for now
         blob = "x" * 40_000
         async with httpx.AsyncClient(auth=("asterisk", "asterisk")) as http:
             for _ in range(500):
@@ -444,14 +445,8 @@ async def test_a_slow_consumer_is_closed_and_never_delays_the_others(
     asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path
 ) -> None:
     proxy = fault_proxy(asterisk, tmp_path, "--session-queue", "64")
-    url = proxy.base.replace("http", "ws") + "/ari/events?app=sloth&api_key=asterisk:asterisk"
     try:
-        # A client that never reads: a tiny receive buffer, and nothing calls recv().
-        raw = socket.socket()
-        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        raw.connect(("127.0.0.1", proxy.port))
-        raw.setblocking(False)
-        sloth = await connect(url, sock=raw, max_queue=1, max_size=None, compression=None)
+        sloth = await reluctant_reader(proxy, "sloth")  # reads nothing for now
         async with events(proxy.base, "hare") as hare:
             await asyncio.sleep(0.1)
             blob = "x" * 16000
