@@ -241,7 +241,7 @@ class Passthrough:
         body = await request.body()
         upstream = await self._send(request, body, stream=True)
         length = upstream.header("content-length")
-        declared = int(length) if length is not None and length.isdigit() else None
+        declared = _length(length)
         rewrite = self._may_rewrite(path)
         if declared is None or declared > (REWRITE_LIMIT if rewrite else BUFFER_LIMIT):
             if rewrite and upstream.status_code == 200:
@@ -323,7 +323,7 @@ class _Request:
         """The whole body, within Asterisk's limits (else 413, once the client has sent it)."""
         limit = ASTERISK_MAX_PARSED_BODY if self.content_type() in _PARSED_BODY_TYPES else MAX_BODY
         length = self.header(b"content-length")
-        declared = int(length) if length is not None and length.isdigit() else None
+        declared = _length(length)
         if length is not None and (declared is None or declared > limit):
             if declared is not None and declared <= DRAIN_LIMIT:
                 await self._drain()
@@ -374,12 +374,16 @@ def end_to_end_headers(headers: Iterable[tuple[bytes, bytes]], *drop: bytes) -> 
     return [(k, v) for k, v in headers if k not in HOP_BY_HOP and k not in named]
 
 
+def _length(value: str | None) -> int | None:
+    """A Content-Length value as a number; None when absent or not a plain number."""
+    return int(value) if value is not None and value.isdigit() else None
+
+
 def _relay(upstream: HttpResponse, content: bytes, method: str = "GET") -> _Answer:
     headers = end_to_end_headers(upstream.raw_headers)
-    length = upstream.header("content-length") if method == "HEAD" else None
     # A HEAD answer's Content-Length is the GET body's, which is not here (RFC 9110, 8.6).
-    declared = int(length) if length is not None and length.isdigit() else None
-    return _Answer(upstream.status_code, headers, content, length=declared)
+    length = _length(upstream.header("content-length")) if method == "HEAD" else None
+    return _Answer(upstream.status_code, headers, content, length=length)
 
 
 def _claim_answer(answer: ClaimAnswer) -> _Answer:
