@@ -430,10 +430,6 @@ class BroadcastController:
             result, why = await pending
         if result is HandOverResult.UNKNOWN:
             result = await self._confirm_hand_over(broadcast, winner, why)
-        elif result is HandOverResult.CHANNEL_GONE:
-            with contextlib.suppress(ProxyError):  # a 404 also says: no such label
-                if await self._dialplan.exists(channel_id):
-                    result, why = HandOverResult.FAILED, "Asterisk answered 404 (a missing label?)"
         if self.core.get(channel_id) is not broadcast:
             return  # the channel re-entered the broadcast meanwhile
         if result is not HandOverResult.DONE:
@@ -441,15 +437,18 @@ class BroadcastController:
             self._handover_failed(channel_id, winner, why, gone)
             return
         self._metrics.handover.observe(time.perf_counter() - started)
+
+        def waiting() -> bool:  # claimed, and the winner's StasisStart still not seen
+            return self.core.get(channel_id) is broadcast and not broadcast.session_started
+
         await asyncio.sleep(HANDOVER_WATCHDOG)
-        if self.core.get(channel_id) is not broadcast or broadcast.session_started:
+        if not waiting():
             return
         with contextlib.suppress(ProxyError):
-            parked = await self._dialplan.parked(channel_id)
-            if parked and self.core.get(channel_id) is broadcast and not broadcast.session_started:
+            if await self._dialplan.parked(channel_id) and waiting():
                 self._handover_failed(channel_id, winner, "the channel never left", gone=False)
                 return
-        if self.core.get(channel_id) is broadcast and not broadcast.session_started:
+        if waiting():
             _log(logging.WARNING, channel_id, "%r never received the channel (gone?)", winner)
             self._metrics.outcomes.labels("failed").inc()
             self._end_session(channel_id)

@@ -13,6 +13,7 @@ extensions.conf), where `Stasis(<winner>)` runs and a failure gives FAILED by it
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import random
@@ -57,16 +58,6 @@ class HandOverResult(enum.Enum):
     CHANNEL_GONE = "channel gone"
     FAILED = "failed"
     UNKNOWN = "no answer from Asterisk"  # it may or may not have taken the hand-over
-
-
-async def _verdict(pending: Awaitable[list[int]], counted: int) -> HandOverResult:
-    """The hand-over's result from the statuses of its first `counted` calls."""
-    statuses = (await pending)[:counted]
-    if 404 in statuses:
-        return HandOverResult.CHANNEL_GONE
-    if len(statuses) < counted or any(status >= 300 for status in statuses):
-        return HandOverResult.FAILED
-    return HandOverResult.DONE
 
 
 class Dialplan:
@@ -144,7 +135,9 @@ class Dialplan:
             # let go, the channel has left the subroutine and this answers 409: harmless).
             handed = {"variable": "LOCAL(ARI_BROADCAST_HANDED)", "value": "1"}
             calls = [("move", move), ("variable", handed)]
-            return _verdict(await self._start_calls(channel_id, calls, required=1), 1)
+            return self._verdict(
+                channel_id, calls, await self._start_calls(channel_id, calls, required=1), 1
+            )
         calls = [
             ("variable", {"variable": "ARI_BROADCAST_WINNER", "value": stasis_data(winner, args)})
         ]
@@ -156,7 +149,27 @@ class Dialplan:
             calls.append(("variable", {"variable": "ARI_BROADCAST_RETURN", "value": address}))
             target.update(extension="direct", priority=1)
         calls.append(("continue", target))
-        return _verdict(await self._start_calls(channel_id, calls), len(calls))
+        return self._verdict(
+            channel_id, calls, await self._start_calls(channel_id, calls), len(calls)
+        )
+
+    async def _verdict(
+        self,
+        channel_id: str,
+        calls: list[tuple[str, dict[str, Any]]],
+        pending: Awaitable[list[int]],
+        counted: int,
+    ) -> HandOverResult:
+        """The hand-over's result from the statuses of its first `counted` calls."""
+        statuses = (await pending)[:counted]
+        if 404 in statuses:
+            with contextlib.suppress(ProxyError):
+                if not await self._gone(channel_id, calls[statuses.index(404)]):
+                    return HandOverResult.FAILED
+            return HandOverResult.CHANNEL_GONE
+        if len(statuses) < counted or any(status >= 300 for status in statuses):
+            return HandOverResult.FAILED
+        return HandOverResult.DONE
 
     async def resume(self, channel_id: str, invocation: Invocation, verdict: Verdict) -> bool:
         """Back to the dialplan with a verdict, retried so no channel is left stranded.
@@ -178,9 +191,11 @@ class Dialplan:
                 if len(statuses) == len(calls) and statuses[-1] < 300:
                     return True
                 if 404 in statuses:
-                    if not await self.exists(channel_id):
+                    if await self._gone(channel_id, calls[statuses.index(404)]):
                         return True  # it hung up
-                    calls = self._missing_label(channel_id, calls)
+                    # Its verdict cannot reach the dialplan; it is not left here for that:
+                    # it goes on at the next priority.
+                    calls = [("continue", {})]
                     continue
             except ProxyError as exc:
                 log.warning(
@@ -199,21 +214,22 @@ class Dialplan:
         )
         return False
 
-    def _missing_label(
-        self, channel_id: str, calls: list[tuple[str, dict[str, Any]]]
-    ) -> list[tuple[str, dict[str, Any]]]:
-        """Asterisk answered 404 for a channel that exists: `continue` found no such label in
-        the subroutine context. The verdict cannot reach the dialplan; the call is not left
-        here for it: it goes on at the next priority."""
+    async def _gone(self, channel_id: str, call: tuple[str, dict[str, Any]]) -> bool:
+        """After Asterisk answered 404 to `call`: whether the channel hung up. Not so if it
+        still exists: then `continue` found no such label in the subroutine context (an
+        edited copy), which is logged."""
+        action, params = call
+        if action != "continue" or not await self.exists(channel_id):
+            return True
         log.error(
-            "channel %s: [%s] has no label for %s (edited? compare it with the shipped "
-            "asterisk-conf/extensions.conf): the call goes on at the next priority",
+            "channel %s: continue %s answered 404 although the channel exists: [%s] has no "
+            "label for it (edited? compare it with the shipped asterisk-conf/extensions.conf)",
             channel_id,
+            params,
             self._context,
-            calls[-1][1],
             extra={"channel_id": channel_id},
         )
-        return [("continue", {})]
+        return False
 
     async def _still_parked(self, channel_id: str) -> bool:
         """Whether the channel still waits in the broadcast application, where a resume may
