@@ -56,7 +56,8 @@ def render(data: dict[str, Any]) -> str:
             "| claim native p50 / p99 | claim proxy p50 / p99 |",
             "|---|---|---|---|---|---|",
         ]
-        hop = (results["latency"].get("hop_floor") or {}).get("paced", {}).get("p50")
+        floor = results["latency"].get("hop_floor")
+        hop = floor["paced"]["p50"] if floor else None
         by_apps: dict[int, dict[str, dict[str, Any]]] = {}
         for row in rows:
             by_apps.setdefault(row["apps"], {})[row["path"]] = row
@@ -93,7 +94,6 @@ def render(data: dict[str, Any]) -> str:
                     f"|   {r['path']}: {r['claimed']}/{r['calls']} claimed: "
                     f"{r['failures']} | | | | | |"
                 )
-        floor = results["latency"].get("hop_floor")
         if floor:
             lines += [
                 "",

@@ -305,9 +305,10 @@ async def hop_floor(ctx: Context, rate: float, rounds: int = 100) -> dict[str, A
     path pays once more per broadcast (Asterisk -> proxy -> application) and twice more per
     claim (application -> proxy -> Asterisk -> proxy -> application)."""
     port = await ctx.app_workers[0].call("echo_open")
-    out: dict[str, Any] = {"size": 600}  # about a CallBroadcast
+    size = 600  # about a CallBroadcast
+    out: dict[str, Any] = {"size": size}
     for name, gap in (("paced", 1 / rate), ("back_to_back", 0.0)):
-        rtt = await ctx.originator.call("echo_rtt", port=port, rounds=rounds, gap=gap, size=600)
+        rtt = await ctx.originator.call("echo_rtt", port=port, rounds=rounds, gap=gap, size=size)
         out[name] = ms(rtt)
     ctx.log(
         f"  hop floor: loopback round trip p50 {out['paced']['p50']} ms paced at {rate:g}/s, "
