@@ -57,6 +57,18 @@ async def result(target: Target, call: Call, timeout: float = 10) -> tuple[str, 
     return value, time.monotonic() - call.started
 
 
+async def win_and_let_go(
+    target: Target, client: Events, channel_id: str, app: str, call: Call
+) -> dict[str, Any]:
+    """Claim the call for `app` (204), wait for its StasisStart, let the channel go with
+    `continue` and check that the dialplan got SUCCESS; the StasisStart event."""
+    assert (await claim(target.apps_ari, channel_id, app))["status"] == 204
+    start = await client.wait_for("StasisStart")
+    await target.apps_ari.http.post(f"channels/{channel_id}/continue")
+    assert (await result(target, call))[0] == "SUCCESS"
+    return start
+
+
 def bucket(seconds: float) -> str:
     """Coarse timing: what an application could notice, not scheduler noise."""
     for limit in (0.3, 0.8, 1.6, 3.0):

@@ -12,7 +12,7 @@ import pytest
 
 from ..ari import Ari, Asterisk, events
 from ..conftest import ProxyProcess
-from .scenarios import Target, apps, claim, place_call, result
+from .scenarios import Target, apps, claim, place_call, result, win_and_let_go
 
 NOT_FOUND = {"message": "Channel not found or not in broadcast state"}
 
@@ -41,10 +41,7 @@ async def test_claim_for_an_app_that_was_not_offered_is_refused_and_the_race_goe
                 "status": 422,
                 "body": {"message": "Application was not offered this channel"},
             }
-        assert (await claim(proxy_target.apps_ari, channel_id, "ivr-main"))["status"] == 204
-        await sockets["ivr-main"].wait_for("StasisStart")
-        await proxy_target.apps_ari.http.post(f"channels/{channel_id}/continue")
-        assert (await result(proxy_target, call))[0] == "SUCCESS"
+        await win_and_let_go(proxy_target, sockets["ivr-main"], channel_id, "ivr-main", call)
         assert sockets["support"].of_type("CallBroadcast") == []
 
 
@@ -67,11 +64,8 @@ async def test_claims_need_credentials_asterisk_accepts(
         assert readonly.status_code == 403
         assert readonly.json() == {"message": "Write access denied"}
         # None of those ended the race.
-        won = await claim(proxy_target.apps_ari, offer["channel"]["id"], "guarded")
-        assert won["status"] == 204
-        await sockets["guarded"].wait_for("StasisStart")
-        await proxy_target.apps_ari.http.post(f"channels/{offer['channel']['id']}/continue")
-        assert (await result(proxy_target, call))[0] == "SUCCESS"
+        channel_id = offer["channel"]["id"]
+        await win_and_let_go(proxy_target, sockets["guarded"], channel_id, "guarded", call)
 
 
 async def test_claim_for_a_channel_the_proxy_is_not_broadcasting_gets_native_404(
@@ -93,10 +87,8 @@ async def test_native_broadcasts_keep_working_through_the_proxy(
             call = await place_call(native, "5000")
             offer = await sockets["passenger"].wait_for("CallBroadcast")
             assert offer["channel"]["dialplan"]["app_name"] == "StasisBroadcast"
-            assert (await claim(client, offer["channel"]["id"], "passenger"))["status"] == 204
-            await sockets["passenger"].wait_for("StasisStart")
-            await client.http.post(f"channels/{offer['channel']['id']}/continue")
-            assert (await result(native, call))[0] == "SUCCESS"
+            channel_id = offer["channel"]["id"]
+            await win_and_let_go(native, sockets["passenger"], channel_id, "passenger", call)
     finally:
         await client.aclose()
 
@@ -115,13 +107,10 @@ async def test_direct_form_reports_its_verdict_in_ari_broadcast_status(
         claimed = await place_call(proxy_target, "5000,,x::z", context="conformance-direct")
         await client.wait_for(lambda e: len(client.of_type("CallBroadcast")) == 2)
         channel_id = client.of_type("CallBroadcast")[1]["channel"]["id"]
-        assert (await claim(proxy_target.apps_ari, channel_id, "direct-app"))["status"] == 204
-        start = await client.wait_for("StasisStart")
+        start = await win_and_let_go(proxy_target, client, channel_id, "direct-app", claimed)
         assert start["args"] == ["x", "", "z"]
         assert start["channel"]["dialplan"]["context"] == "conformance-direct"
         assert start["channel"]["dialplan"]["app_name"] == "StasisBroadcast"
-        await proxy_target.apps_ari.http.post(f"channels/{channel_id}/continue")
-        assert (await result(proxy_target, claimed))[0] == "SUCCESS"
 
 
 async def test_subscribe_all_clients_never_see_the_proxys_internals(proxy_target: Target) -> None:
@@ -198,10 +187,7 @@ async def test_a_channel_list_too_large_to_buffer_still_reads_as_native(
             assert mine["dialplan"]["app_name"] == "StasisBroadcast"
             assert mine["dialplan"]["app_data"] == "5000"
             assert b"stasis-broadcast" not in listing.content
-            assert (await claim(proxy_target.apps_ari, channel_id, "lister"))["status"] == 204
-            await sockets["lister"].wait_for("StasisStart")
-            await proxy_target.apps_ari.http.post(f"channels/{channel_id}/continue")
-            assert (await result(proxy_target, call))[0] == "SUCCESS"
+            await win_and_let_go(proxy_target, sockets["lister"], channel_id, "lister", call)
     finally:
         for channel_id in fillers:
             await ari.http.delete(f"channels/{channel_id}")
@@ -249,10 +235,7 @@ async def test_over_rest_websocket_a_call_on_offer_is_locked_and_reads_as_native
         assert snapshot["dialplan"]["app_name"] == "StasisBroadcast"
         assert snapshot["dialplan"]["app_data"] == "5000"
         # The call is still on offer: its owner claims it.
-        assert (await claim(proxy_target.apps_ari, channel_id, "wsowner"))["status"] == 204
-        await sockets["wsowner"].wait_for("StasisStart")
-        await proxy_target.apps_ari.http.post(f"channels/{channel_id}/continue")
-        assert (await result(proxy_target, call))[0] == "SUCCESS"
+        await win_and_let_go(proxy_target, sockets["wsowner"], channel_id, "wsowner", call)
 
 
 async def test_an_application_named_with_dialplan_specials_still_gets_the_call(
@@ -265,9 +248,6 @@ async def test_an_application_named_with_dialplan_specials_still_gets_the_call(
         call = await place_call(proxy_target, "5000,,x", context="conformance-direct")
         offer = await sockets[name].wait_for("CallBroadcast")
         channel_id = offer["channel"]["id"]
-        assert (await claim(proxy_target.apps_ari, channel_id, name))["status"] == 204
-        start = await sockets[name].wait_for("StasisStart")
+        start = await win_and_let_go(proxy_target, sockets[name], channel_id, name, call)
         assert start["application"] == name
         assert start["args"] == ["x"]
-        await proxy_target.apps_ari.http.post(f"channels/{channel_id}/continue")
-        assert (await result(proxy_target, call))[0] == "SUCCESS"
