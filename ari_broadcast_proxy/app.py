@@ -18,6 +18,7 @@ from .broadcast.claims import ClaimService
 from .broadcast.controller import BroadcastController
 from .broadcast.handover import Dialplan
 from .broadcast.presentation import Presenter
+from .broadcast.request_rules import RequestRules
 from .broadcast.session_hooks import BroadcastHooks
 from .config import Config
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -48,13 +49,14 @@ class Proxy:
             self.metrics,
         )
         self.access = WriteAccess(self.rest)
+        self.rules = RequestRules(config.broadcast_app, self.controller.is_locked)
         self.claims = ClaimService(self.controller, self.access, self.metrics)
         self.sessions = SessionManager(
             config.upstream_ws,
             config.upstream_timeout,
             config.session_queue,
             self.registry,
-            BroadcastHooks(self.controller, self.claims, self.registry),
+            BroadcastHooks(self.controller, self.claims, self.registry, self.rules),
             config.broadcast_app,
             on_overflow=self.metrics.slow_consumers.inc,
         )
@@ -63,6 +65,7 @@ class Proxy:
             self.controller,
             self.claims,
             self.presenter,
+            self.rules,
             self.access,
             f"{config.listen_host}:{config.listen_port}",
         )

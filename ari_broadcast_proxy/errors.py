@@ -5,6 +5,7 @@ ProxyError                     status, message: a refusal the proxy itself makes
 ├── NotFound                   404
 ├── Conflict                   409
 ├── NotOffered                 422
+├── Reserved                   403 (the proxy's own application or variables)
 ├── UpstreamError              502 (Asterisk unreachable, refused or malformed answer)
 │   └── UpstreamTimeout        504
 └── ConfigError                startup: a bad setting (exit status 2), never an HTTP answer
@@ -22,6 +23,7 @@ __all__ = [
     "NotFound",
     "NotOffered",
     "ProxyError",
+    "Reserved",
     "UpstreamError",
     "UpstreamTimeout",
     "json_error",
@@ -57,6 +59,15 @@ class Conflict(ProxyError):
 
 class NotOffered(ProxyError):
     status = 422
+
+
+class Reserved(ProxyError):
+    """A client request naming what belongs to the broadcast proxy alone."""
+
+    status = 403
+
+    def __init__(self, kind: str, name: str) -> None:
+        super().__init__(f"{kind} '{name}' is reserved for the broadcast proxy")
 
 
 class UpstreamError(ProxyError):

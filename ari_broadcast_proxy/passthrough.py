@@ -9,11 +9,12 @@ scope's bytes and writes the answer itself, with no request or response objects 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, quote, urlencode
 
 import orjson
 from starlette.responses import Response
@@ -21,11 +22,17 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from .apidocs import ApiDocsError, base_url_for, rewrite_document
+from .ari_request import parse_query, path_segments
 from .auth import AccessDenied, Credentials, WriteAccess
-from .broadcast.channel_ops import NOT_IN_STASIS, controlled_channel, released_channel
 from .broadcast.claims import ClaimAnswer, ClaimService, native_404_for_501
 from .broadcast.controller import BroadcastController
 from .broadcast.presentation import Presenter
+from .broadcast.request_rules import (
+    AriCall,
+    RequestRules,
+    unset_reserved,
+    without_reserved_variables,
+)
 from .errors import BadRequest, ProxyError, UpstreamError
 from .upstream.rest import HttpResponse, UpstreamRest
 
@@ -144,10 +151,12 @@ class Passthrough:
         controller: BroadcastController,
         claims: ClaimService,
         presenter: Presenter,
+        rules: RequestRules,
         access: WriteAccess,
         fallback_host: str,
     ) -> None:
         self._rest = rest
+        self._rules = rules
         self._controller = controller
         self._claims = claims
         self._presenter = presenter
@@ -176,20 +185,25 @@ class Passthrough:
 
     async def _answer(self, scope: Scope, receive: Receive) -> _Answer:
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode()
-        path = unquote(raw_path.decode("latin-1"))[len("/ari/") :]
         method: str = scope["method"]
+        path = raw_path[len(b"/ari/") :].decode("latin-1")  # for log lines until decoded
         try:
             if len(raw_path) + len(scope.get("query_string", b"")) > MAX_TARGET:
                 raise ProxyError("Request-URI too long", 414)
-            segments = path.split("/")
-            if ".." in segments or "." in segments or "//" in path or path.startswith("/"):
+            if not raw_path.startswith(b"/ari/") or b"//" in raw_path:
                 raise BadRequest("Invalid path")
+            segments = path_segments(raw_path[len(b"/ari/") :])
+            if any(s in (".", "..") or "/" in s for s in segments):
+                raise BadRequest("Invalid path")  # never a walk out of a resource
+            path = "/".join(segments)
             request = _Request(scope, receive, raw_path)
             if path == "events/claim" and method == "POST":
                 return await self._claim(request)
-            if refusal := await self._refuse_control(request, path):
+            body = await request.body()
+            call = request.call(segments, body)
+            if refusal := await self._refusal(request, call):
                 return refusal
-            return await self._forward(request, path)
+            return await self._forward(request, call, body)
         except ProxyError as exc:
             log.warning("%s /ari/%s -> %d %s", method, path, exc.status, exc.message)
             return _error(exc)
@@ -215,31 +229,35 @@ class Passthrough:
             return _Answer(status, _JSON if content else [], content)
         return _claim_answer(answer)
 
-    async def _refuse_control(self, request: _Request, path: str) -> _Answer | None:
-        channel_id = controlled_channel(request.method, path)
-        if channel_id is None or not self._controller.is_locked(channel_id):
+    async def _refusal(self, request: _Request, call: AriCall) -> _Answer | None:
+        """The proxy's own answer (a call on offer, its application or variables), given
+        once Asterisk has accepted the client's credentials for writing."""
+        refusal = self._rules.refusal(call)
+        if refusal is None:
             return None
         try:
             await self._access.require(request.credentials())
         except AccessDenied as denied:
             return _relay(denied.response, denied.response.content)
-        log.info("%s /ari/%s -> 409: channel is under broadcast", request.method, path)
-        return _Answer.json(409, {"message": NOT_IN_STASIS})
+        log.info("%s /ari/%s -> %d %s", call.method, call.path, refusal.status, refusal.message)
+        return _error(refusal)
 
     # -- plain forwarding ---------------------------------------------------------------------
 
-    async def _send(self, request: _Request, body: bytes, stream: bool = False) -> HttpResponse:
+    async def _send(
+        self, request: _Request, body: bytes, stream: bool = False, target: bytes | None = None
+    ) -> HttpResponse:
         return await self._rest.send(
             request.method,
-            request.target(),
+            request.target() if target is None else target,
             end_to_end_headers(request.headers, *_REQUEST_ONLY),
             body,
             stream=stream,
         )
 
-    async def _forward(self, request: _Request, path: str) -> _Answer:
-        body = await request.body()
-        upstream = await self._send(request, body, stream=True)
+    async def _forward(self, request: _Request, call: AriCall, body: bytes) -> _Answer:
+        path = call.path
+        upstream = await self._send(request, body, stream=True, target=self._target(call))
         length = upstream.header("content-length")
         declared = _length(length)
         rewrite = self._may_rewrite(path)
@@ -254,27 +272,53 @@ class Passthrough:
             headers = end_to_end_headers(upstream.raw_headers)
             return _Answer(upstream.status_code, headers, stream=upstream)
         content = await upstream.read()
-        released = released_channel(request.method, path)
+        released = self._rules.released_channel(call)
         if released is not None and 200 <= upstream.status_code < 300:
             self._controller.released(released)
         if upstream.status_code >= 500:
             log.warning(
                 "%s /ari/%s -> %d from Asterisk", request.method, path, upstream.status_code
             )
-        if path.startswith("api-docs/") and upstream.status_code == 200:
+        if upstream.status_code != 200:
+            pass
+        elif path.startswith("api-docs/"):
             base = base_url_for(request.scheme, request.header(b"host"), self._fallback_host)
             try:
                 content = rewrite_document(path[len("api-docs/") :], content, base)
             except ApiDocsError as exc:
                 raise UpstreamError(f"Asterisk sent an unusable api-docs document: {exc}") from exc
-        elif path.startswith("channels") and len(self._presenter):
-            content = self._presenter.body(content)
+        elif path.startswith("channels"):
+            if len(self._presenter):
+                content = self._presenter.body(content)
+            if call.segments[2:] == ("variables",):
+                content = without_reserved_variables(content)
+        elif call.segments == ("applications",):
+            content = self._rules.without_reserved_app(content)
         return _relay(upstream, content, request.method)
+
+    def _target(self, call: AriCall) -> bytes | None:
+        """The request target to send instead of the client's (None: the client's own): a
+        request for the proxy's application or a read of its variables becomes the same
+        request for things that do not exist, so Asterisk gives its own answer for them."""
+        hidden_app = self._rules.names_reserved_app(call)
+        if not hidden_app and not self._rules.reads_reserved_variable(call):
+            return None
+        segments = list(call.segments)
+        if hidden_app:
+            segments[1] = " " + segments[1]  # Asterisk trims app names: never registered
+        params = [(name, unset_reserved(name, value)) for name, value in call.params]
+        target = "/" + "/".join(quote(s, safe="") for s in segments)
+        return (target + ("?" + urlencode(params) if params else "")).encode("latin-1")
 
     def _may_rewrite(self, path: str) -> bool:
         """Whether the answer for `path` may be rewritten, so must be read whole."""
-        return path.startswith("api-docs/") or (
-            path.startswith("channels") and len(self._presenter) > 0
+        return (
+            path.startswith("api-docs/")
+            or path == "applications"
+            or (
+                path.startswith("channels")
+                and (len(self._presenter) > 0 or path.endswith("/variables"))
+            )
         )
 
 
@@ -311,6 +355,19 @@ class _Request:
 
     def query(self) -> list[tuple[str, str]]:
         return list(self._params)
+
+    def call(self, segments: tuple[str, ...], body: bytes) -> AriCall:
+        """The request as Asterisk reads it: form parameters before the query's, and the
+        JSON body (BadRequest for an escape Asterisk would read its own way)."""
+        params = parse_query(self._query)
+        json_body = None
+        content_type = self.content_type()
+        if content_type == "application/x-www-form-urlencoded":
+            params = parse_query(body) + params
+        elif content_type == "application/json" and body.strip():
+            with contextlib.suppress(orjson.JSONDecodeError):
+                json_body = orjson.loads(body)  # Asterisk answers a bad one itself
+        return AriCall(self.method, segments, tuple(params), json_body)
 
     def content_type(self) -> str:
         return (self.header(b"content-type") or "").split(";")[0].strip().lower()

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
+
+from .ari_request import c_string, parse_query, path_segments
 
 __all__ = ["RestRequest", "parse_rest_request", "rest_response"]
 
@@ -21,15 +22,17 @@ class RestRequest:
     transaction_id: str
     request_id: str
     method: str
-    path: str  # without query string, no leading slash: "events/claim"
+    path: str  # the segments Asterisk routes on, joined: "events/claim"
+    segments: tuple[str, ...]
     params: list[tuple[str, str]]  # query string, then query_strings, then form body
     json_body: Any | None
     body_error: str | None  # Asterisk's message when message_body does not parse
 
 
 def parse_rest_request(text: str) -> RestRequest | None:
-    """The request in a client frame, or None when the frame is not a well-formed RESTRequest
-    (those go to Asterisk, which answers with its own 400)."""
+    """The request in a client frame as Asterisk reads it, or None when the frame is not a
+    well-formed RESTRequest (those go to Asterisk, which answers with its own 400).
+    BadRequest for a percent escape Asterisk would read its own way."""
     try:
         message = orjson.loads(text)
     except orjson.JSONDecodeError:
@@ -39,8 +42,8 @@ def parse_rest_request(text: str) -> RestRequest | None:
     uri, method = message.get("uri"), message.get("method")
     if not isinstance(uri, str) or not uri or not isinstance(method, str):
         return None
-    path, _, query = uri.partition("?")
-    params = parse_qsl(query, keep_blank_values=True)
+    path, _, query = c_string(uri).partition("?")
+    params = parse_query(query.encode("utf-8", "surrogateescape"))
     extra = message.get("query_strings")
     if extra is not None:
         if not isinstance(extra, list) or not all(
@@ -50,13 +53,14 @@ def parse_rest_request(text: str) -> RestRequest | None:
             for q in extra
         ):
             return None
-        params += [(q["name"], q["value"]) for q in extra]
+        params += [(c_string(q["name"]), c_string(q["value"])) for q in extra]
+    segments = path_segments(path.encode("utf-8", "surrogateescape"))
     json_body, body_error = None, None
     body = message.get("message_body")
     if isinstance(body, str) and body:
         content_type = str(message.get("content_type", "")).split(";")[0].strip().lower()
         if content_type == "application/x-www-form-urlencoded":
-            params += parse_qsl(body, keep_blank_values=True)
+            params += parse_query(body.encode("utf-8", "surrogateescape"))
         elif content_type == "application/json":
             try:
                 json_body = orjson.loads(body)
@@ -68,7 +72,8 @@ def parse_rest_request(text: str) -> RestRequest | None:
         transaction_id=str(message.get("transaction_id", "")),
         request_id=str(message.get("request_id", "")),
         method=method.upper(),
-        path=path.strip("/"),
+        path="/".join(segments),
+        segments=segments,
         params=params,
         json_body=json_body,
         body_error=body_error,

@@ -23,11 +23,12 @@ from urllib.parse import parse_qsl
 from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from .errors import ProxyError, UpstreamError, json_error
+from .ari_request import app_parameter_values, parse_query, registered_apps, split_app_names
+from .errors import BadRequest, ProxyError, Reserved, UpstreamError, json_error
 from .registry import AppRegistry
 from .upstream.websocket import CLOSE_TIMEOUT, EventsSocket, HandshakeRefused, open_events_socket
 
-__all__ = ["EventSession", "Interceptor", "SessionManager", "requested_apps"]
+__all__ = ["EventSession", "Interceptor", "SessionManager"]
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +51,6 @@ class Interceptor(Protocol):
 
     async def client_frame(self, session: EventSession, text: str) -> bool:
         """True if the frame was answered by the proxy and must not reach Asterisk."""
-
-
-def requested_apps(query: list[tuple[str, str]]) -> list[str]:
-    """`app=a,b&app=c` -> [a, b]: Asterisk registers the first `app` parameter only."""
-    for name, value in query:
-        if name == "app":
-            return [a for a in value.split(",") if a]
-    return []
 
 
 class EventSession:
@@ -257,14 +250,18 @@ class SessionManager:
             log.warning("refused events socket: query string of %d bytes", len(websocket.url.query))
             await websocket.send_denial_response(json_error(414, "Request-URI too long"))
             return
-        query = parse_qsl(websocket.url.query, keep_blank_values=True)
-        apps = requested_apps(query)
-        if self._reserved_app in apps:
+        try:
+            query = parse_query(websocket.scope.get("query_string", b""))
+        except BadRequest as exc:
+            log.warning("refused events socket: %s in the query", exc.message)
+            await websocket.send_denial_response(exc.response())
+            return
+        apps = registered_apps(query)
+        # Any `app` parameter, not only the first that Asterisk registers: never the proxy's.
+        if any(self._reserved_app in split_app_names(v) for v in app_parameter_values(query)):
             log.warning("refused events socket: application %r is reserved", self._reserved_app)
             await websocket.send_denial_response(
-                json_error(
-                    403, f"Application '{self._reserved_app}' is reserved for the broadcast proxy"
-                )
+                Reserved("Application", self._reserved_app).response()
             )
             return
         headers = {k: v for k, v in websocket.headers.items() if k in _FORWARDED_HEADERS}

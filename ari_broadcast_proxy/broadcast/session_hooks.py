@@ -12,17 +12,25 @@ from __future__ import annotations
 
 import logging
 import weakref
+from collections.abc import Callable
 
 import orjson
 
 from ..auth import Credentials
+from ..errors import BadRequest
 from ..registry import AppRegistry
-from ..rest_over_ws import parse_rest_request, rest_response
+from ..rest_over_ws import RestRequest, parse_rest_request, rest_response
 from ..sessions import EventSession
-from .channel_ops import NOT_IN_STASIS, controlled_channel, released_channel
 from .claims import ClaimAnswer, ClaimService, native_404_for_501
 from .controller import BroadcastController
 from .presentation import asterisk_timestamp
+from .request_rules import (
+    APP_NOT_FOUND,
+    VARIABLE_NOT_FOUND,
+    AriCall,
+    RequestRules,
+    without_reserved_variables,
+)
 
 __all__ = ["BroadcastHooks"]
 
@@ -31,9 +39,14 @@ log = logging.getLogger(__name__)
 
 class BroadcastHooks:
     def __init__(
-        self, controller: BroadcastController, claims: ClaimService, registry: AppRegistry
+        self,
+        controller: BroadcastController,
+        claims: ClaimService,
+        registry: AppRegistry,
+        rules: RequestRules,
     ) -> None:
         self._controller = controller
+        self._rules = rules
         self._claims = claims
         self._registry = registry
         # Per session, by (transaction_id, request_id): claims forwarded to Asterisk, and
@@ -44,13 +57,16 @@ class BroadcastHooks:
         self._releases: weakref.WeakKeyDictionary[EventSession, dict[tuple[str, str], str]] = (
             weakref.WeakKeyDictionary()
         )
+        self._rewrites: weakref.WeakKeyDictionary[
+            EventSession, dict[tuple[str, str], Callable[[bytes], bytes]]
+        ] = weakref.WeakKeyDictionary()
 
     def upstream_frame(self, session: EventSession, text: str) -> str | None:
         if '"ApplicationReplaced"' in text:
             event = orjson.loads(text)
             if event.get("type") == "ApplicationReplaced":
                 self._registry.unregister(session, [event.get("application", "")])
-        if (self._forwarded or self._releases) and '"RESTResponse"' in text:
+        if (self._forwarded or self._releases or self._rewrites) and '"RESTResponse"' in text:
             text = self._rest_response(session, text)
         return self._controller.observe_upstream_frame(text)
 
@@ -67,6 +83,17 @@ class BroadcastHooks:
                 del self._releases[session]
             if isinstance(status, int) and 200 <= status < 300:
                 self._controller.released(released)
+        rewrites = self._rewrites.get(session)
+        if rewrites and (rewrite := rewrites.pop(key, None)) is not None:
+            if not rewrites:
+                del self._rewrites[session]
+            body = message.get("message_body")
+            if status == 200 and isinstance(body, str):
+                new_body = rewrite(body.encode()).decode()
+                if new_body != body:
+                    message["message_body"] = new_body
+                    return orjson.dumps(message).decode()
+            return text
         pending = self._forwarded.get(session)
         if not pending or key not in pending:
             return text
@@ -85,10 +112,18 @@ class BroadcastHooks:
         return orjson.dumps(message).decode()
 
     async def client_frame(self, session: EventSession, text: str) -> bool:
-        """Answer claims and control calls on channels under broadcast; note releases."""
+        """Answer claims, and what the request rules refuse or hide; note releases and the
+        answers to rewrite."""
         if '"RESTRequest"' not in text:
             return False
-        request = parse_rest_request(text)
+        try:
+            request = parse_rest_request(text)
+        except BadRequest as exc:
+            request = _ids_only(text)
+            if request is None:
+                return False
+            self._answer(session, request, ClaimAnswer(400, {"message": exc.message}))
+            return True
         if request is None or request.body_error is not None:
             return False
         credentials = Credentials(
@@ -100,18 +135,48 @@ class BroadcastHooks:
             if answer is None:
                 self._forwarded.setdefault(session, set()).add(key)
                 return False
-        elif (channel := controlled_channel(request.method, request.path)) is not None and (
-            self._controller.is_locked(channel)
+            self._answer(session, request, answer)
+            return True
+        call = AriCall(request.method, request.segments, tuple(request.params), request.json_body)
+        answer = self._own_answer(call)
+        if answer is None:
+            refusal = self._rules.refusal(call)
+            if refusal is None:
+                self._note(session, key, call)
+                return False
+            answer = ClaimAnswer(refusal.status, {"message": refusal.message})
+        if call.method != "GET":
+            answer = await self._claims.write_refusal(credentials) or answer
+        log.info("RESTRequest %s /%s -> %d", request.method, request.path, answer.status)
+        self._answer(session, request, answer)
+        return True
+
+    def _own_answer(self, call: AriCall) -> ClaimAnswer | None:
+        """Asterisk's answer for what does not exist natively: the proxy's application, or
+        its variables (read)."""
+        if self._rules.names_reserved_app(call):
+            return ClaimAnswer(404, {"message": APP_NOT_FOUND})
+        if self._rules.reads_reserved_variable(call):
+            if call.segments[:1] == ("channels",):
+                return ClaimAnswer(404, {"message": VARIABLE_NOT_FOUND})
+            return ClaimAnswer(200, {"value": ""})
+        return None
+
+    def _note(self, session: EventSession, key: tuple[str, str], call: AriCall) -> None:
+        """Remember what to do with Asterisk's answer to a forwarded request."""
+        released = self._rules.released_channel(call)
+        if released is not None and self._controller.in_session(released):
+            self._releases.setdefault(session, {})[key] = released
+        elif call.method == "GET" and call.segments == ("applications",):
+            self._rewrites.setdefault(session, {})[key] = self._rules.without_reserved_app
+        elif (
+            call.method == "GET"
+            and call.segments[:1] == ("channels",)
+            and (call.segments[2:] == ("variables",))
         ):
-            answer = await self._claims.write_refusal(credentials) or ClaimAnswer(
-                409, {"message": NOT_IN_STASIS}
-            )
-            log.info("RESTRequest %s /%s -> %d", request.method, request.path, answer.status)
-        else:
-            released = released_channel(request.method, request.path)
-            if released is not None and self._controller.in_session(released):
-                self._releases.setdefault(session, {})[key] = released
-            return False
+            self._rewrites.setdefault(session, {})[key] = without_reserved_variables
+
+    def _answer(self, session: EventSession, request: RestRequest, answer: ClaimAnswer) -> None:
         session.send_event(
             rest_response(
                 request,
@@ -122,4 +187,20 @@ class BroadcastHooks:
                 application=session.first_app,
             )
         )
-        return True
+
+
+def _ids_only(text: str) -> RestRequest | None:
+    """A RESTRequest that cannot be read safely, with only what an answer needs."""
+    message = orjson.loads(text)
+    if not isinstance(message, dict) or not isinstance(message.get("uri"), str):
+        return None
+    return RestRequest(
+        transaction_id=str(message.get("transaction_id", "")),
+        request_id=str(message.get("request_id", "")),
+        method=str(message.get("method", "")),
+        path=message["uri"].partition("?")[0],
+        segments=(),
+        params=[],
+        json_body=None,
+        body_error=None,
+    )
