@@ -17,6 +17,7 @@ from .auth import WriteAccess
 from .broadcast.claims import ClaimService
 from .broadcast.controller import BroadcastController
 from .broadcast.handover import Dialplan
+from .broadcast.ownership import AppGuard
 from .broadcast.presentation import Presenter
 from .broadcast.request_rules import RequestRules
 from .broadcast.session_hooks import BroadcastHooks
@@ -44,6 +45,7 @@ class Proxy:
         self.controller = BroadcastController(
             config,
             Dialplan(self.rest, config.broadcast_app, config.subroutine_context),
+            AppGuard(self.rest, config.broadcast_app),
             self.registry,
             self.presenter,
             self.metrics,

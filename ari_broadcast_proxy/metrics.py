@@ -55,6 +55,11 @@ class Metrics:
             "Client sockets closed because they stopped reading",
             registry=r,
         )
+        self.app_replaced = Counter(
+            "ari_proxy_broadcast_app_replaced",
+            "Times another client registered the broadcast application on Asterisk",
+            registry=r,
+        )
         self.upstream_errors = Counter(
             "ari_proxy_upstream_errors",
             "Upstream calls that failed: unreachable (502) or timeout (504)",

@@ -43,6 +43,7 @@ from .core import (
 from .dialplan import BroadcastOptions, parse_broadcast_data
 from .events import call_broadcast, call_claimed, fan_out
 from .handover import Dialplan, HandOverResult, backoff
+from .ownership import GUARD_INTERVAL, AppGuard
 from .presentation import (
     Invocation,
     InvocationError,
@@ -83,6 +84,7 @@ class BroadcastController:
         self,
         config: Config,
         dialplan: Dialplan,
+        guard: AppGuard,
         registry: AppRegistry,
         presenter: Presenter,
         metrics: Metrics,
@@ -91,6 +93,9 @@ class BroadcastController:
     ) -> None:
         self._config = config
         self._dialplan = dialplan
+        self._guard = guard
+        self._socket: EventsSocket | None = None
+        self._replaced = False  # another socket registered the broadcast application
         self._registry = registry
         self.presenter = presenter
         self._metrics = metrics
@@ -156,6 +161,8 @@ class BroadcastController:
         headers = {"authorization": self._config.authorization}
         delays = backoff()
         while True:
+            if self._replaced:
+                await self._wait_released()
             try:
                 socket = await open_events_socket(
                     url, headers, timeout=self._config.upstream_timeout
@@ -173,24 +180,67 @@ class BroadcastController:
                 await self._serve(socket)
             await asyncio.sleep(next(delays))
 
+    async def _wait_released(self) -> None:
+        """After ApplicationReplaced: wait (backoff) until the other client lets the
+        broadcast application go, then take it back."""
+        delays = backoff(0.5, cap=5.0)
+        while True:
+            with contextlib.suppress(ProxyError):
+                if not await self._guard.registered():
+                    break
+            await asyncio.sleep(next(delays))
+        self._replaced = False
+        log.warning(
+            "the other client released the broadcast application %r: taking it back",
+            self._config.broadcast_app,
+        )
+
     async def _serve(self, socket: EventsSocket) -> None:
         self._calls = RestOverWebSocket(socket, self._config.upstream_timeout)
+        self._socket = socket
         log.info("broadcast application %r registered on Asterisk", self._config.broadcast_app)
+        # Before the first event is handled: a filter set on Asterisk would drop calls.
+        await self._enforce_ownership()
         self._ready.set()
         self._spawn(self._calls_over(self._calls), "probe")
         self._spawn(self._recover(), "recover")
         sweeper = asyncio.create_task(self._sweep(), name="sweep")
+        guard = asyncio.create_task(self._guard_ownership(), name="guard")
         socket.start(self._on_broadcast_event)  # every event is handled as it arrives
         try:
             await socket.wait_closed()
         finally:
             sweeper.cancel()
+            guard.cancel()
             self._ready.clear()
+            self._socket = None
             self._dialplan.attach(None)
             self._calls.close()
             socket.close()
             await socket.wait_closed(CLOSE_TIMEOUT)
         log.warning("broadcast application socket closed (%s); reconnecting", socket.close_code)
+
+    async def _enforce_ownership(self) -> None:
+        """Put back what the proxy needs of its application on Asterisk (no event filter,
+        no foreign subscription) and say what was changed behind its back."""
+        try:
+            async with asyncio.timeout(self._config.upstream_timeout):
+                cleared = await self._guard.enforce()
+        except (ProxyError, TimeoutError) as exc:
+            log.warning("could not check the broadcast application on Asterisk: %s", exc)
+            return
+        if cleared:
+            log.warning(
+                "the broadcast application %r was changed on Asterisk by another client; "
+                "cleared: %s",
+                self._config.broadcast_app,
+                ", ".join(cleared),
+            )
+
+    async def _guard_ownership(self) -> None:
+        while True:
+            await asyncio.sleep(GUARD_INTERVAL)
+            await self._enforce_ownership()
 
     async def _calls_over(self, calls: RestOverWebSocket) -> None:
         """Carry hand-overs on the broadcast socket if this Asterisk does REST over WebSocket
@@ -218,13 +268,18 @@ class BroadcastController:
                 self._on_move_failed(channel_id, str(event.get("destination", "")))
             elif kind == "ApplicationReplaced":
                 # Another client (a second proxy?) registered the broadcast application:
-                # calls now go to it. Not ready, so health checks show it; restart to take over.
-                # Its parked calls are its own: no more sweeping them back (see _sweep).
+                # calls now go to it. Not ready, so health checks show it, until that client
+                # lets it go and the proxy takes it back. Its parked calls are its own: no
+                # more sweeping them back (see _sweep).
                 self._ready.clear()
                 self._suspects.clear()
+                self._replaced = True
+                self._metrics.app_replaced.inc()
+                if self._socket is not None:
+                    self._socket.close()
                 log.error(
                     "another client registered the broadcast application %r on Asterisk: "
-                    "this proxy gets no more calls (not ready)",
+                    "this proxy gets no calls (not ready) until that client lets it go",
                     self._config.broadcast_app,
                 )
         except Exception:

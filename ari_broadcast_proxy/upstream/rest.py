@@ -72,13 +72,17 @@ class UpstreamRest:
         *,
         as_proxy: bool = True,
         authorization: str | None = None,
+        json: bytes = b"",
     ) -> HttpResponse:
         """One small ARI call, body read. `path` has no /ari/. With the proxy's credentials,
-        or (`as_proxy=False`) with only the client's `authorization`, if any."""
+        or (`as_proxy=False`) with only the client's `authorization`, if any; `json`, an
+        encoded JSON document, goes as the body."""
         target = (
             "/" + quote(path.lstrip("/"), safe="/") + ("?" + urlencode(params) if params else "")
         )
         if as_proxy:
             authorization = self._authorization
         headers = [(b"authorization", authorization.encode("latin-1"))] if authorization else []
-        return await self.send(method, target.encode("latin-1"), headers)
+        if json:
+            headers.append((b"content-type", b"application/json"))
+        return await self.send(method, target.encode("latin-1"), headers, json)

@@ -294,17 +294,39 @@ async def test_a_slow_consumer_of_large_events_is_closed_by_the_byte_bound(
         proxy.stop()
 
 
-async def test_another_client_taking_the_broadcast_application_makes_the_proxy_unready(
-    asterisk: Asterisk, tmp_path: Path
+async def test_the_broadcast_application_taken_by_another_client_comes_back_when_it_leaves(
+    asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path
 ) -> None:
-    """A second proxy (or anything) registering the same broadcast application takes the
-    calls: the first says so in its log and in /readyz instead of looking healthy."""
+    """Anything registering the broadcast application straight on Asterisk takes the calls:
+    the proxy says so in its log and in /readyz instead of looking healthy, and takes the
+    application back once that client has left (before, it stayed deaf until restarted)."""
     proxy = fault_proxy(asterisk, tmp_path)
     try:
         assert await readyz(proxy.base) == 200
         async with events(asterisk.base, FAULT_APP):
             await wait_until(lambda: readyz(proxy.base), 503, 5)
-        assert "another client registered the broadcast application" in proxy.log()
+            assert "another client registered the broadcast application" in proxy.log()
+            # Held by the other client: the proxy does not fight it for the application.
+            await asyncio.sleep(1.0)
+            assert await readyz(proxy.base) == 503
+        await wait_until(lambda: readyz(proxy.base), 200, 10)
+        assert "taking it back" in proxy.log()
+        async with events(proxy.base, "after-takeback") as client:
+            tag = await broadcast_call(ari, "5000")
+            offer = await client.wait_for("CallBroadcast")
+            proxied = Ari(proxy.base)
+            try:
+                channel_id = offer["channel"]["id"]
+                won = await proxied.http.post(
+                    "events/claim",
+                    params={"channelId": channel_id, "application": "after-takeback"},
+                )
+                assert won.status_code == 204
+                await client.wait_for("StasisStart")
+                await proxied.http.post(f"channels/{channel_id}/continue")
+            finally:
+                await proxied.aclose()
+            assert await ari.wait_global(f"BCAST_RESULT_{tag}") == "SUCCESS"
     finally:
         proxy.stop()
 
