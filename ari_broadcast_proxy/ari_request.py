@@ -6,7 +6,8 @@ variable) and forwards the request's own bytes, so both must read it the same wa
 are ports of what Asterisk does, checked against the real one in the tests:
 
 - the path is split on ``/`` and the walk stops at the first empty segment; each segment is
-  then decoded on its own (``ast_ari_invoke``), so ``%2F`` stays inside its segment;
+  then decoded on its own (``ast_ari_invoke``), so ``%2F`` stays inside its segment; a
+  path ending in ``/`` is refused before that;
 - a segment, a query name or a value is decoded by ``ast_uri_decode`` with the legacy flag
   (``+`` is a space) and read as a C string, so it ends at the first NUL;
 - ``ast_uri_decode`` reads an escape with ``sscanf("%2x")``, which also takes signs, spaces
@@ -70,8 +71,11 @@ def _unescape(data: bytes) -> bytes:
 
 def path_segments(raw_path: bytes | str) -> tuple[str, ...]:
     """The decoded segments Asterisk routes on: split first, stop at the first empty one
-    (``channels//x`` is ``channels``), then decode each."""
+    (``channels//x`` is ``channels``), then decode each. A path ending in ``/`` routes
+    nowhere: Asterisk answers 404 ("ARI URLs do not end with a slash") before routing."""
     data = raw_path.encode("latin-1") if isinstance(raw_path, str) else raw_path
+    if data.endswith(b"/"):
+        return ()
     segments = []
     for raw in data.split(b"/"):
         if not raw:

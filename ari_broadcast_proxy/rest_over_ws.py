@@ -39,6 +39,8 @@ def parse_rest_request(text: str) -> RestRequest | None:
         return None
     if not isinstance(message, dict) or message.get("type") != "RESTRequest":
         return None
+    if _has_nul(message):
+        return None  # Asterisk's JSON parser refuses the frame: nothing runs
     uri, method = message.get("uri"), message.get("method")
     if not isinstance(uri, str) or not uri or not isinstance(method, str):
         return None
@@ -106,3 +108,14 @@ def rest_response(
         message["asterisk_id"] = asterisk_id
     message["application"] = application
     return orjson.dumps(message).decode()
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether a NUL is anywhere in a decoded JSON document (keys or strings)."""
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False

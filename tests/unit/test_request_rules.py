@@ -26,7 +26,7 @@ def call(method: str, path: str, *params: tuple[str, str], body: object = None) 
         (call("POST", "channels/1.1/variable", ("variable", "X"), ("value", "1")), 409),
         (call("DELETE", "channels/1.1/moh"), 409),
         (call("POST", "bridges/b/addChannel", ("channel", "2.2,1.1")), 422),
-        (call("POST", "bridges/b/addChannel", ("channel", ' "1.1" ')), 422),
+        (call("POST", "bridges/b/addChannel", ("channel", '"1.1"')), 422),
         (call("POST", "bridges/b/addChannel", body={"channel": ["1.1"]}), 422),
         (call("POST", "bridges/b/removeChannel", ("channel", "1.1")), 422),
         (call("POST", "bridges/b/videoSource/1.1"), 422),
@@ -46,6 +46,7 @@ def test_control_of_a_call_on_offer_gets_natives_refusal(request_: AriCall, stat
         call("DELETE", "channels/1.1"),  # a hangup works on any channel, natively too
         call("POST", "channels/2.2/answer"),
         call("POST", "bridges/b/addChannel", ("channel", "2.2")),
+        call("POST", "bridges/b/addChannel", ("channel", " 1.1")),  # not trimmed: not the call
         call("POST", "events/claim", ("channelId", "1.1"), ("application", "broadcast")),
     ],
 )
