@@ -169,7 +169,14 @@ class Passthrough:
             answer = await self._answer(scope, receive)
         except _ClientGone:
             return
-        await answer.send(send, receive)
+        try:
+            await answer.send(send, receive)
+        except RuntimeError as exc:
+            # uvicorn on uvloop runs a pipelined request even when the client has closed
+            # the connection, and writing its answer then raises instead of doing nothing.
+            if "closed" not in str(exc):
+                raise
+            log.debug("%s %s: the client left before its answer", scope["method"], scope["path"])
 
     async def handle_upgrade(self, websocket: WebSocket) -> None:
         """A WebSocket upgrade on a REST path: Asterisk ignores the upgrade and answers the

@@ -217,6 +217,24 @@ async def test_a_content_length_with_blanks_around_it_is_read(proxy: ProxyProces
     assert status == 204, body
 
 
+async def test_pipelined_requests_from_a_client_that_left_log_no_error(proxy: ProxyProcess) -> None:
+    """Two requests in one write, then the connection closed: the server still runs the
+    second, and its answer has nowhere to go. Not an error of the proxy's (was a traceback)."""
+    start = len(proxy.log())
+    request = (
+        "GET /ari/asterisk/ping HTTP/1.1\r\nhost: x\r\n"
+        f"authorization: {httpx.BasicAuth(*AUTH)._auth_header}\r\n\r\n"
+    ).encode()
+    for _ in range(5):
+        _, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        writer.write(request * 2)
+        writer.close()
+    async with httpx.AsyncClient() as http:  # the proxy goes on serving
+        assert (await http.get(f"{proxy.base}/ari/asterisk/ping", auth=AUTH)).status_code == 200
+    await asyncio.sleep(0.2)  # the answers for nobody are written by then (nothing to wait on)
+    assert "Exception in ASGI application" not in proxy.log()[start:]
+
+
 async def test_not_an_open_proxy(proxy: ProxyProcess) -> None:
     """An absolute-form request target still goes to the configured Asterisk only."""
     status, _, body = await raw_request(
