@@ -27,6 +27,7 @@ from .ari_request import app_parameter_values, parse_query, registered_apps, spl
 from .errors import BadRequest, ProxyError, Reserved, UpstreamError, json_error
 from .registry import AppRegistry
 from .upstream.websocket import CLOSE_TIMEOUT, EventsSocket, HandshakeRefused, open_events_socket
+from .upstream_order import UpstreamOrder, UpstreamStep
 
 __all__ = ["EventSession", "Interceptor", "SessionManager"]
 
@@ -64,6 +65,7 @@ class EventSession:
         queue_size: int,
         interceptor: Interceptor,
         on_overflow: Callable[[], None] = lambda: None,
+        order: UpstreamOrder | None = None,
     ) -> None:
         self.websocket = websocket
         self._on_overflow = on_overflow
@@ -79,6 +81,8 @@ class EventSession:
         self._closing: tuple[int, str] | None = None
         self._client_gone = False
         self._done = asyncio.Event()
+        self._order = order or UpstreamOrder()
+        self._close_step: UpstreamStep | None = None  # taken when the session starts ending
 
     @property
     def first_app(self) -> str:
@@ -114,7 +118,16 @@ class EventSession:
         """Ask the session to end; `run` closes both sockets with `code`."""
         if self._closing is None:
             self._closing = (code, reason)
+        self._take_close_step()
         self._done.set()
+
+    def _take_close_step(self) -> UpstreamStep:
+        """Closing the upstream socket comes after the steps on the same names decided
+        before this session started ending (a socket opening for one of them), before
+        those decided after (the client's next socket)."""
+        if self._close_step is None:
+            self._close_step = self._order.take(self.apps)
+        return self._close_step
 
     # -- the relay ----------------------------------------------------------------------------
 
@@ -145,9 +158,10 @@ class EventSession:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             code, reason = self._closing or (1000, "")
-            self.upstream.close()
-            with contextlib.suppress(Exception):
-                await self.upstream.wait_closed(CLOSE_TIMEOUT)
+            async with self._take_close_step():
+                self.upstream.close()
+                with contextlib.suppress(Exception):
+                    await self.upstream.wait_closed(CLOSE_TIMEOUT)
             with contextlib.suppress(Exception):
                 await self.websocket.close(code, reason)
 
@@ -240,6 +254,7 @@ class SessionManager:
         self._sessions: set[EventSession] = set()
         self._none_left = asyncio.Event()
         self._none_left.set()
+        self._order = UpstreamOrder()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -275,38 +290,49 @@ class SessionManager:
             for p in websocket.headers.get("sec-websocket-protocol", "").split(",")
             if p.strip()
         ]
-        try:
-            upstream = await open_events_socket(
-                url, headers, timeout=self._timeout, subprotocols=subprotocols or None
-            )
-        except HandshakeRefused as refused:
-            log.info(
-                "Asterisk refused events socket for %s with %d", ",".join(apps), refused.status
-            )
-            keep = {"content-type", "www-authenticate"}
-            await websocket.send_denial_response(
-                Response(
-                    refused.body,
-                    status_code=refused.status,
-                    headers={k: v for k, v in refused.headers if k.lower() in keep},
+        # Opening the upstream socket is a step on its application names: after the sockets
+        # for them that started closing before (the client's previous one), see UpstreamOrder.
+        async with self._order.take(apps):
+            try:
+                upstream = await open_events_socket(
+                    url, headers, timeout=self._timeout, subprotocols=subprotocols or None
                 )
+            except HandshakeRefused as refused:
+                log.info(
+                    "Asterisk refused events socket for %s with %d", ",".join(apps), refused.status
+                )
+                keep = {"content-type", "www-authenticate"}
+                await websocket.send_denial_response(
+                    Response(
+                        refused.body,
+                        status_code=refused.status,
+                        headers={k: v for k, v in refused.headers if k.lower() in keep},
+                    )
+                )
+                return
+            except ProxyError as exc:
+                log.error("events socket for %s failed: %s", ",".join(apps), exc.message)
+                await websocket.send_denial_response(exc.response())
+                return
+            session = EventSession(
+                websocket,
+                upstream,
+                apps,
+                self._queue_size,
+                self._interceptor,
+                self._on_overflow,
+                self._order,
             )
-            return
-        except ProxyError as exc:
-            log.error("events socket for %s failed: %s", ",".join(apps), exc.message)
-            await websocket.send_denial_response(exc.response())
-            return
-        session = EventSession(
-            websocket, upstream, apps, self._queue_size, self._interceptor, self._on_overflow
-        )
-        try:
-            await websocket.accept(subprotocol=upstream.subprotocol)
-        except Exception:
-            upstream.close()
-            raise
-        self._sessions.add(session)
-        self._none_left.clear()
-        self._registry.register(session, apps)
+            try:
+                await websocket.accept(subprotocol=upstream.subprotocol)
+            except Exception:
+                upstream.close()  # still this step: the next one waits for the close
+                with contextlib.suppress(Exception):
+                    await upstream.wait_closed(CLOSE_TIMEOUT)
+                raise
+            self._sessions.add(session)
+            self._none_left.clear()
+            self._registry.register(session, apps)
         log.info("events socket open for %s", ",".join(apps))
         try:
             await session.run()

@@ -321,3 +321,54 @@ async def test_upstream_closing_closes_the_client(
         assert status == 502
         assert headers["content-type"].startswith("application/json")
         assert list(json.loads(body)) == ["message"]
+
+
+async def proxy_sockets(http: httpx.AsyncClient, base: str) -> int:
+    for line in (await http.get(base + "/metrics")).text.splitlines():
+        if line.startswith("ari_proxy_client_sockets "):
+            return int(float(line.split()[1]))
+    raise AssertionError("no ari_proxy_client_sockets gauge")
+
+
+async def test_fast_reconnects_keep_the_application_registered(
+    asterisk: Asterisk, ari: Ari, tmp_path: Path
+) -> None:
+    """Close an events socket and open it again at once, four applications at a time (what
+    restarting clients do; more than one keeps the proxy's loop busy, as under load), 300
+    times: after each, every application is still registered on Asterisk. Before the
+    proxy ordered its upstream sockets per name, 5-21 of these 1200 reopens lost theirs:
+    the old upstream socket's close overlapped the new one's registration in Asterisk."""
+    proxy = ProxyProcess(asterisk, tmp_path / "proxy.log", "--broadcast-app", f"bc-{token()}")
+    apps = [f"again-{token()}" for _ in range(4)]
+    urls = [ws_url(proxy.base, f"app={app}&api_key={USER}:{PASSWORD}") for app in apps]
+    sockets = [await connect(url) for url in urls]
+
+    async def reopen(i: int) -> None:
+        await sockets[i].close()
+        sockets[i] = await connect(urls[i])
+
+    lost: list[tuple[int, list[str]]] = []
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            for cycle in range(300):
+                await asyncio.gather(*(reopen(i) for i in range(len(apps))))
+                deadline = time.monotonic() + 5
+                while True:  # polling: neither side has an event for "old socket gone"
+                    # Read before the list: once the proxy counts only the new sockets, the
+                    # old ones are closed on Asterisk's side and their names unregistered.
+                    settled = await proxy_sockets(http, proxy.base) == len(apps)
+                    names = {a["name"] for a in (await ari.http.get("applications")).json()}
+                    if missing := [app for app in apps if app not in names]:
+                        lost.append((cycle, missing))  # final: nothing registers them again
+                        break
+                    if settled:
+                        break
+                    assert time.monotonic() < deadline, f"cycle {cycle}: old sockets never closed"
+                    await asyncio.sleep(0.005)
+                if lost:
+                    break
+    finally:
+        for socket in sockets:
+            await socket.close()
+        proxy.stop()
+    assert not lost, f"applications lost on Asterisk while their client sockets stayed open: {lost}"
