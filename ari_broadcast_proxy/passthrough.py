@@ -374,7 +374,7 @@ class _Request:
         elif content_type == "application/json" and body.strip():
             with contextlib.suppress(orjson.JSONDecodeError):
                 json_body = orjson.loads(body)  # Asterisk answers a bad one itself
-        return AriCall(self.method, segments, tuple(params), json_body)
+        return AriCall(self.method.upper(), segments, tuple(params), json_body)
 
     def content_type(self) -> str:
         return (self.header(b"content-type") or "").split(";")[0].strip().lower()
