@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from . import __version__
 from .errors import ConfigError
 
 __all__ = ["ENV_PREFIX", "Config", "build_parser"]
@@ -54,7 +55,7 @@ class Config:
         args = parser.parse_args(list(argv))
         values = {}
         for action in parser._actions:
-            if action.dest in ("help",):
+            if action.dest in ("help", "version"):
                 continue
             flag_value = getattr(args, action.dest)
             env_value = environ.get(ENV_PREFIX + action.dest.upper())
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     add = parser.add_argument
+    add("--version", action="version", version=f"%(prog)s {__version__}")
     add("--upstream", help="Asterisk's HTTP base URL, e.g. http://127.0.0.1:8088 (required)")
     add("--username", help="the proxy's own ARI user, for the broadcast application (required)")
     add("--password", help="that user's password (required)")

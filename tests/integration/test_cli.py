@@ -8,7 +8,10 @@ import json
 import socket
 import subprocess
 import sys
+from importlib.metadata import version
 from pathlib import Path
+
+import ari_broadcast_proxy
 
 from ..ari import Ari, Asterisk, events, token
 from ..conftest import ProxyProcess
@@ -30,6 +33,13 @@ def test_help_documents_every_flag_and_the_environment() -> None:
     for flag in ("--upstream", "--username", "--password", "--listen", "--broadcast-app"):
         assert flag in out.stdout
     assert "ARI_PROXY_" in out.stdout
+
+
+def test_version_is_the_packages() -> None:
+    out = run_cli("--version")
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"ari-broadcast-proxy {version('ari-broadcast-proxy')}"
+    assert version("ari-broadcast-proxy") == ari_broadcast_proxy.__version__
 
 
 def test_bad_setting_is_one_line_and_status_2() -> None:
