@@ -323,6 +323,8 @@ class BroadcastController:
         commands = self.core.offer(
             channel_id, offer, recipients, options.timeout_ms, options.notify_claimed, self._now()
         )
+        if invocation.form == "direct":
+            self._spawn(self._dialplan.preset_status(channel_id), f"preset-{channel_id}")
         self._execute(commands)
         # The rest waits until the sockets' writers have sent the CallBroadcast frames.
         asyncio.get_running_loop().call_soon(

@@ -66,6 +66,7 @@ class Dialplan:
         self._app = broadcast_app
         self._context = subroutine_context
         self._socket: RestOverWebSocket | None = None
+        self._presets: dict[str, asyncio.Future[Any]] = {}  # direct form, in flight
 
     def attach(self, socket: RestOverWebSocket | None) -> None:
         """Carry channel calls over the broadcast application's socket (None: over HTTP)."""
@@ -118,6 +119,26 @@ class Dialplan:
                 )
         return answered
 
+    async def preset_status(self, channel_id: str) -> None:
+        """Direct form: ARI_BROADCAST_STATUS is TIMEOUT from the start of the broadcast, the
+        verdict a hangup during it leaves (native: STASISSTATUS=TIMEOUT); a hand-over or a
+        return replaces it. Over the broadcast socket those are written after this anyway;
+        over HTTP (separate connections keep no order) they wait for it."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._presets[channel_id] = task
+        try:
+            status = {"variable": "ARI_BROADCAST_STATUS", "value": Verdict.TIMEOUT.value}
+            await self._channel_calls(channel_id, [("variable", status)])
+        finally:
+            self._presets.pop(channel_id, None)
+
+    async def _after_preset(self, channel_id: str) -> None:
+        preset = self._presets.get(channel_id)
+        if preset is not None and self._socket is None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(preset)
+
     async def hand_over(
         self, channel_id: str, invocation: Invocation, winner: str, args: tuple[str, ...]
     ) -> Coroutine[Any, Any, HandOverResult]:
@@ -141,6 +162,7 @@ class Dialplan:
         calls = [
             ("variable", {"variable": "ARI_BROADCAST_WINNER", "value": stasis_data(winner, args)})
         ]
+        await self._after_preset(channel_id)
         target: dict[str, Any] = {"context": self._context}
         if invocation.form == "subroutine":
             target.update(extension="s", label="claimed")
@@ -182,6 +204,7 @@ class Dialplan:
         else:
             status_var = {"variable": "ARI_BROADCAST_STATUS", "value": verdict.value}
             calls = [("variable", status_var), ("continue", {})]
+            await self._after_preset(channel_id)
         if verdict is Verdict.FAILED and not await self._still_parked(channel_id):
             return True  # a hand-over Asterisk did take after all: the channel is not ours
         delays = backoff(0.1, 2.0, 2.0)

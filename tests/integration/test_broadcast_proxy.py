@@ -112,6 +112,13 @@ async def test_direct_form_reports_its_verdict_in_ari_broadcast_status(
         assert start["channel"]["dialplan"]["context"] == "conformance-direct"
         assert start["channel"]["dialplan"]["app_name"] == "StasisBroadcast"
 
+        # A hangup during the broadcast: TIMEOUT, as native's STASISSTATUS (it was empty).
+        hung_up = await place_call(proxy_target, "5000", context="conformance-direct")
+        await client.wait_for(lambda e: len(client.of_type("CallBroadcast")) == 3)
+        channel_id = client.of_type("CallBroadcast")[2]["channel"]["id"]
+        await proxy_target.ari.http.delete(f"channels/{channel_id}")
+        assert await proxy_target.ari.wait_global(f"BCAST_HANGUP_{hung_up.token}") == "TIMEOUT"
+
 
 async def test_subscribe_all_clients_never_see_the_proxys_internals(proxy_target: Target) -> None:
     """A subscribeAll client sees every channel's events. The proxy's own variables and
