@@ -347,8 +347,16 @@ class BroadcastController:
             return  # after a claim, leaving the broadcast application is the hand-over
         _log(logging.INFO, channel_id, "hung up during the broadcast")
         self._metrics.outcomes.labels("hangup").inc()
-        self.presenter.forget(channel_id)
+        self._forget_later(channel_id, broadcast.context.invocation)
         self._execute(self.core.channel_left(channel_id, self._now()))
+
+    def _forget_later(self, channel_id: str, invocation: Invocation) -> None:
+        """Snapshots of the steps that end a broadcast (the verdict's label, the winner's
+        StasisEnd, the Return, a hangup's h extension) still read as native's line for a
+        while (RELEASE_GRACE)."""
+        asyncio.get_running_loop().call_later(
+            RELEASE_GRACE, self.presenter.forget, channel_id, invocation
+        )
 
     def _on_move_failed(self, channel_id: str, destination: str) -> None:
         """Asterisk could not move the channel to the winner (its application was gone by
@@ -387,10 +395,7 @@ class BroadcastController:
         if broadcast is None or not broadcast.session_started:
             return
         self.core.session_ended(channel_id, self._now())
-        # Its StasisEnd, still to come, must read as native's too: forget it a bit later.
-        asyncio.get_running_loop().call_later(
-            RELEASE_GRACE, self.presenter.forget, channel_id, broadcast.context.invocation
-        )
+        self._forget_later(channel_id, broadcast.context.invocation)  # its StasisEnd is due
 
     def in_session(self, channel_id: str) -> bool:
         """True while the winner controls the channel (until it lets go)."""
@@ -431,7 +436,7 @@ class BroadcastController:
                 fan_out(event, recipients, self._registry)
             elif isinstance(command, ResumeDialplan):
                 channel_id = command.broadcast.channel_id
-                self.presenter.forget(channel_id)
+                self._forget_later(channel_id, command.broadcast.context.invocation)
                 self._send_back(
                     channel_id,
                     self._dialplan.resume(
@@ -462,10 +467,11 @@ class BroadcastController:
         pending: asyncio.Task[tuple[HandOverResult, str]] | None = None
         why = f"{winner!r} is no longer connected"
         if self._registry.sink_for(winner) is not None:
+            invocation, args = broadcast.context.invocation, broadcast.context.options.args
+            if self._dialplan.moves(invocation, args):
+                self.presenter.plumbing.moved(channel_id)
             try:
-                verdict = await self._dialplan.hand_over(
-                    channel_id, broadcast.context.invocation, winner, broadcast.context.options.args
-                )
+                verdict = await self._dialplan.hand_over(channel_id, invocation, winner, args)
                 pending = self._spawn(_settled(verdict), f"handover-verdict-{channel_id}")
             except ProxyError as exc:
                 why = exc.message
@@ -602,8 +608,8 @@ class BroadcastController:
                     self._suspects = found - self._suspects
 
     def _end_session(self, channel_id: str) -> None:
-        if self.core.session_ended(channel_id, self._now()) is not None:
-            self.presenter.forget(channel_id)
+        if (broadcast := self.core.session_ended(channel_id, self._now())) is not None:
+            self._forget_later(channel_id, broadcast.context.invocation)
 
     # -- hooks into downstream sessions -------------------------------------------------------
 

@@ -119,6 +119,12 @@ class Dialplan:
                 )
         return answered
 
+    @staticmethod
+    def moves(invocation: Invocation, args: tuple[str, ...]) -> bool:
+        """Whether the hand-over is a `move` (subroutine form, every argument survives it)
+        rather than a `continue` to the subroutine's labels."""
+        return invocation.form == "subroutine" and all(arg and "," not in arg for arg in args)
+
     async def preset_status(self, channel_id: str) -> None:
         """Direct form: ARI_BROADCAST_STATUS is TIMEOUT from the start of the broadcast, the
         verdict a hangup during it leaves (native: STASISSTATUS=TIMEOUT); a hand-over or a
@@ -149,7 +155,7 @@ class Dialplan:
         (and the return address for the direct form) and continues to the subroutine's
         `claimed` label (`direct` extension). DONE means Asterisk accepted it; a move to an
         application that is gone is reported later (ApplicationMoveFailed)."""
-        if invocation.form == "subroutine" and all(arg and "," not in arg for arg in args):
+        if self.moves(invocation, args):
             move = {"app": winner, "appArgs": ",".join(args)} if args else {"app": winner}
             # The subroutine's hangup handler keeps the winner's STASISSTATUS once this is
             # set; after the move, so it costs the hand-over nothing (if the winner already

@@ -5,7 +5,7 @@ subroutine's context, and after the hand-over in `Stasis(<winner>)` there. Nativ
 dialplan location where `StasisBroadcast()` runs, with `app_name` `StasisBroadcast` and the
 raw application data. `Invocation` records that location; `Presenter` rewrites every channel
 snapshot of a broadcast channel in events and REST bodies, and drops the proxy's own
-`ARI_BROADCAST_*` variable events.
+`ARI_BROADCAST_*` variable events and the subroutine's own steps (plumbing.py).
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import orjson
+
+from .plumbing import Plumbing
 
 __all__ = ["Invocation", "Presenter", "asterisk_timestamp", "parse_invocation"]
 
@@ -57,8 +59,13 @@ def parse_invocation(event: dict[str, Any], subroutine_context: str) -> Invocati
         return Invocation(
             "direct", raw, dialplan["context"], dialplan["exten"], dialplan["priority"]
         )
-    # Subroutine: ARGC, caller context, b64("=" + caller exten), caller priority,
-    # b64("=" + ARG1) .. b64("=" + ARG4).
+    return _subroutine_invocation(tuple(args), subroutine_context)
+
+
+@functools.lru_cache(maxsize=1024)
+def _subroutine_invocation(args: tuple[str, ...], subroutine_context: str) -> Invocation:
+    """The subroutine's Stasis() arguments: ARGC, caller context, b64("=" + caller exten),
+    caller priority, b64("=" + ARG1) .. b64("=" + ARG4)."""
     if len(args) != 8 or not args[0].isdigit() or not args[3].isdigit():
         raise InvocationError(
             f"unexpected arguments from the {subroutine_context} subroutine: {args!r}"
@@ -102,6 +109,7 @@ class Presenter:
         # RESTResponse's message_body (a JSON string) the quotes are escaped.
         self._markers = (f'"{subroutine_context}"', f'"{broadcast_app},', f'"{broadcast_app}"')
         self._escaped = tuple(m.replace('"', '\\"') for m in self._markers)
+        self.plumbing = Plumbing(broadcast_app, subroutine_context)
 
     def __len__(self) -> int:
         return len(self._invocations)
@@ -117,11 +125,30 @@ class Presenter:
 
     def channel(self, channel: dict[str, Any]) -> dict[str, Any]:
         """Rewrite one snapshot in place (if it belongs to a broadcast) and return it."""
-        invocation = self._invocations.get(channel.get("id", ""))
         dialplan = channel.get("dialplan")
-        if invocation is not None and isinstance(dialplan, dict) and self._is_ours(dialplan):
+        if not isinstance(dialplan, dict):
+            return channel
+        invocation = self._invocations.get(channel.get("id", "")) or self._entering(dialplan)
+        if invocation is not None and self._is_ours(dialplan):
             channel["dialplan"] = invocation.dialplan()
         return channel
+
+    def _entering(self, dialplan: dict[str, Any]) -> Invocation | None:
+        """The invocation of a snapshot taken at the subroutine's Stasis(<broadcast app>)
+        line, read from that line's own data: its first events come before the proxy has
+        seen the channel's StasisStart."""
+        data = dialplan.get("app_data", "")
+        if (
+            dialplan.get("context") != self._subroutine_context
+            or dialplan.get("app_name") != "Stasis"
+            or not isinstance(data, str)
+            or not data.startswith(self._broadcast_app + ",")
+        ):
+            return None
+        try:
+            return _subroutine_invocation(tuple(data.split(",")[1:]), self._subroutine_context)
+        except InvocationError:
+            return None
 
     def _is_ours(self, dialplan: dict[str, Any]) -> bool:
         if dialplan.get("context") == self._subroutine_context:
@@ -141,7 +168,8 @@ class Presenter:
         """An upstream events frame as the client must see it; None drops it. `message` is
         `text` already parsed, if the caller has it (it may be rewritten in place)."""
         internal = INTERNAL_VARIABLE_PREFIX in text
-        if not internal and not self._has_snapshots_of_ours(text):
+        plumbing = self._subroutine_context in text
+        if not internal and not plumbing and not self._has_snapshots_of_ours(text):
             return text
         if message is None:
             message = orjson.loads(text)
@@ -150,6 +178,8 @@ class Presenter:
         variable = str(message.get("variable", "")).removeprefix("LOCAL(")
         if internal and variable.startswith(INTERNAL_VARIABLE_PREFIX):
             return None  # ChannelVarset of the proxy's own variables (LOCAL() ones too)
+        if plumbing and self.plumbing.drops(message):
+            return None  # the drop-in subroutine's own steps
         body = message.get("message_body")
         if message.get("type") == "RESTResponse" and isinstance(body, str):
             message["message_body"] = self.body(body.encode()).decode()  # REST over WebSocket
