@@ -77,7 +77,7 @@ class Config:
             if raw is None or raw == "":
                 return default
             try:
-                value = kind(raw)
+                value: float = kind(raw)
             except ValueError:
                 raise ConfigError(f"--{name.replace('_', '-')}", f"not a number: {raw!r}") from None
             if value < low:

@@ -512,14 +512,18 @@ class _Parser:
             tree = self.parse_dup_op(tree)
         return tree
 
+    def _at(self, kind: _T) -> bool:
+        """Whether the current token is `kind` (a call: fetching moves the token on)."""
+        return self.token.kind is kind
+
     def parse_sub_exp(self, nest: int) -> _Group:
         cur_nsub = self.nsub
         self.nsub += 1
         self.fetch_token()
         body: _Node | None = None
-        if self.token.kind is not _T.OP_CLOSE_SUBEXP:
+        if not self._at(_T.OP_CLOSE_SUBEXP):
             body = self.parse_reg_exp(nest)
-            if self.token.kind is not _T.OP_CLOSE_SUBEXP:
+            if not self._at(_T.OP_CLOSE_SUBEXP):
                 raise EreError(RegError.REG_EPAREN)
         if cur_nsub <= 8:
             self.completed_bkref_map |= 1 << cur_nsub
@@ -534,15 +538,15 @@ class _Parser:
                 start = 0  # "{,m}" is "{0,m}"
             end = -2
             if start != -2:
-                if self.token.kind is _T.OP_CLOSE_DUP_NUM:
+                if self._at(_T.OP_CLOSE_DUP_NUM):
                     end = start
                 elif self._token_is_comma():
                     end = self.fetch_number()
             if start == -2 or end == -2:
-                if self.token.kind is _T.END_OF_RE:
+                if self._at(_T.END_OF_RE):
                     raise EreError(RegError.REG_EBRACE)
                 raise EreError(RegError.REG_BADBR)
-            if (end != -1 and start > end) or self.token.kind is not _T.OP_CLOSE_DUP_NUM:
+            if (end != -1 and start > end) or not self._at(_T.OP_CLOSE_DUP_NUM):
                 raise EreError(RegError.REG_BADBR)
             if (start if end == -1 else end) > _RE_DUP_MAX:
                 raise EreError(RegError.REG_ESIZE)

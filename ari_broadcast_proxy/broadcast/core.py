@@ -26,7 +26,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 __all__ = [
     "ArmTimer",
@@ -97,7 +97,7 @@ class Broadcast(Generic[C]):
 class SendCallBroadcast:
     """Send CallBroadcast to each app, concurrently; `apps` is already in shuffled order."""
 
-    broadcast: Broadcast
+    broadcast: Broadcast[Any]
     apps: tuple[str, ...]
 
 
@@ -116,7 +116,7 @@ class CancelTimer:
 class HandOver:
     """Move the channel from the broadcast application into the winner's Stasis()."""
 
-    broadcast: Broadcast
+    broadcast: Broadcast[Any]
     winner: str
 
 
@@ -124,7 +124,7 @@ class HandOver:
 class SendCallClaimed:
     """Tell every filter-matching connected app (winner included) who won."""
 
-    broadcast: Broadcast
+    broadcast: Broadcast[Any]
     winner: str
 
 
@@ -132,7 +132,7 @@ class SendCallClaimed:
 class ResumeDialplan:
     """Send the channel back to the dialplan with a verdict (no winner)."""
 
-    broadcast: Broadcast
+    broadcast: Broadcast[Any]
     verdict: Verdict
 
 

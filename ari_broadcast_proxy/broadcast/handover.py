@@ -19,7 +19,7 @@ import logging
 import random
 import re
 from collections.abc import Awaitable, Coroutine, Iterator
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import ProxyError
 from ..upstream.rest import UpstreamRest
@@ -278,7 +278,9 @@ class Dialplan:
         if response.status_code != 200:
             return None
         dialplan = response.json()["dialplan"]
-        form = "subroutine" if dialplan["context"] == self._context else "direct"
+        form: Literal["subroutine", "direct"] = (
+            "subroutine" if dialplan["context"] == self._context else "direct"
+        )
         return Invocation(form, "", dialplan["context"], dialplan["exten"], dialplan["priority"])
 
     async def channels_in(self, app: str) -> list[str]:

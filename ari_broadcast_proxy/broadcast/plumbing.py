@@ -48,7 +48,9 @@ class Plumbing:
         """Whether the event is the subroutine's plumbing (rewrites a Gosub line in place)."""
         kind = event.get("type")
         channel = event.get("channel")
-        dialplan = channel.get("dialplan") if isinstance(channel, dict) else None
+        if not isinstance(channel, dict):
+            return False
+        dialplan = channel.get("dialplan")
         if not isinstance(dialplan, dict):
             return False
         if dialplan.get("context") == self._context:
@@ -63,10 +65,12 @@ class Plumbing:
             self._rewrite_call(event, dialplan)
         return False
 
-    def _inner_variable(self, channel_id: str, dialplan: dict[str, Any], event: Any) -> bool:
+    def _inner_variable(
+        self, channel_id: str, dialplan: dict[str, Any], event: dict[str, Any]
+    ) -> bool:
         if event.get("variable") != "STASISSTATUS":
             return True  # Return's ARGn and GOSUB_RETVAL, the h extension's own
-        value = event.get("value", "")
+        value = str(event.get("value", ""))
         app, data = dialplan.get("app_name"), str(dialplan.get("app_data", ""))
         if dialplan.get("exten") == "h":
             return value != "TIMEOUT"  # only a hangup during the broadcast sets one natively
