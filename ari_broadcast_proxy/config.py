@@ -31,6 +31,7 @@ class Config:
     upstream_connections: int = 32
     upstream_timeout: float = 10.0
     session_queue: int = 1024
+    handover_transport: str = "auto"  # or "http": never REST over the broadcast socket
     log_level: str = "info"
     log_json: bool = False
 
@@ -106,6 +107,9 @@ class Config:
         log_level = text("log_level", "info").lower()
         if log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError("--log-level", f"unknown level {log_level!r}")
+        handover_transport = text("handover_transport", "auto").lower()
+        if handover_transport not in ("auto", "http"):
+            raise ConfigError("--handover-transport", f"auto or http, not {handover_transport!r}")
         log_json = values.get("log_json")
         return cls(
             upstream=upstream,
@@ -118,6 +122,7 @@ class Config:
             upstream_connections=int(number("upstream_connections", 32)),
             upstream_timeout=float(number("upstream_timeout", 10.0, float, 0.1)),
             session_queue=int(number("session_queue", 1024, int, 16)),
+            handover_transport=handover_transport,
             log_level=log_level,
             log_json=log_json in (True, "1", "true", "yes", "on"),
         )
@@ -156,6 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--session-queue",
         help="events queued per client socket before it is closed as too slow (default 1024)",
+    )
+    add(
+        "--handover-transport",
+        help=(
+            "how hand-overs and returns reach Asterisk: auto (REST over the broadcast "
+            "application's socket where Asterisk has it, 20.14/22.4+; else HTTP) or http "
+            "(default auto)"
+        ),
     )
     add("--log-level", help="debug, info, warning or error (default info)")
     add(

@@ -88,6 +88,27 @@ def proxy(asterisk: Asterisk, tmp_path_factory: pytest.TempPathFactory) -> Itera
         process.stop()
 
 
+@pytest.fixture(scope="session")
+def proxy_http(
+    asterisk: Asterisk, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProxyProcess]:
+    """A second proxy whose hand-overs and returns go over HTTP (the path of an Asterisk
+    older than 20.14/22.4, which has no REST over WebSocket), with a broadcast application
+    of its own: the dialplan reaches it through ARI_BROADCAST_APP=broadcast-http."""
+    process = ProxyProcess(
+        asterisk,
+        tmp_path_factory.mktemp("proxy-http") / "proxy.log",
+        "--handover-transport",
+        "http",
+        "--broadcast-app",
+        "broadcast-http",
+    )
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
 @pytest.fixture
 async def ari(asterisk: Asterisk) -> AsyncIterator[Ari]:
     """ARI straight to Asterisk; hangs up every channel the test left behind."""

@@ -245,7 +245,9 @@ class BroadcastController:
     async def _calls_over(self, calls: RestOverWebSocket) -> None:
         """Carry hand-overs on the broadcast socket if this Asterisk does REST over WebSocket
         (one round trip for all of a hand-over's calls instead of one HTTP request each)."""
-        if await calls.probe():
+        if self._config.handover_transport == "http":
+            log.info("hand-overs use HTTP (--handover-transport http)")
+        elif await calls.probe():
             self._dialplan.attach(calls)
             log.info("hand-overs go over the broadcast application's socket (REST over WebSocket)")
         else:

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..ari import Ari, Events, events, token
@@ -32,6 +32,8 @@ class Target:
     context: str  # dialplan context that runs the broadcast
     ari: Ari  # straight to Asterisk: originate, globals
     apps_ari: Ari  # the applications' own REST client (claims, control calls)
+    # Inherited by the call's channels, e.g. __ARI_BROADCAST_APP for a second proxy.
+    call_variables: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -46,7 +48,7 @@ async def place_call(target: Target, data: str, context: str | None = None) -> C
     call = Call(token(), time.monotonic())
     await target.ari.originate(
         f"Local/s@{context or target.context}",
-        variables={"__BCAST_DATA": data, "__BCAST_TOKEN": call.token},
+        variables={**target.call_variables, "__BCAST_DATA": data, "__BCAST_TOKEN": call.token},
     )
     return call
 

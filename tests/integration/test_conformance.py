@@ -98,16 +98,22 @@ EXPECTED: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.fixture
+@pytest.fixture(params=["socket", "http"], ids=["handover-socket", "handover-http"])
 async def targets(
-    asterisk: Asterisk, ari: Ari, proxy: ProxyProcess
+    request: pytest.FixtureRequest, asterisk: Asterisk, ari: Ari
 ) -> AsyncIterator[dict[str, Target]]:
+    """Native, and the proxy with hand-overs over the broadcast socket (REST over
+    WebSocket, what this Asterisk has) or over HTTP (what older ones get)."""
+    proxy: ProxyProcess = request.getfixturevalue(
+        "proxy" if request.param == "socket" else "proxy_http"
+    )
+    variables = {} if request.param == "socket" else {"__ARI_BROADCAST_APP": "broadcast-http"}
     direct_apps = Ari(asterisk.base)
     proxied_apps = Ari(proxy.base)
     try:
         yield {
             "native": Target("native", asterisk.base, "conformance-native", ari, direct_apps),
-            "proxy": Target("proxy", proxy.base, "conformance-proxy", ari, proxied_apps),
+            "proxy": Target("proxy", proxy.base, "conformance-proxy", ari, proxied_apps, variables),
         }
     finally:
         await ari.set_native_modules(True)

@@ -32,6 +32,13 @@ def fault_proxy(asterisk: Asterisk, tmp_path: Path, *extra: str, wait: bool = Tr
     )
 
 
+@pytest.fixture(params=["socket", "http"], ids=["handover-socket", "handover-http"])
+def handover(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """The proxy's flags for each hand-over transport: REST over the broadcast socket (what
+    this Asterisk has) or HTTP (what Asterisk before 20.14/22.4 gets)."""
+    return () if request.param == "socket" else ("--handover-transport", "http")
+
+
 async def broadcast_call(ari: Ari, data: str) -> str:
     """A call into the drop-in subroutine, using FAULT_APP; returns its result token."""
     tag = token()
@@ -295,12 +302,12 @@ async def test_a_slow_consumer_of_large_events_is_closed_by_the_byte_bound(
 
 
 async def test_the_broadcast_application_taken_by_another_client_comes_back_when_it_leaves(
-    asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path
+    asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path, handover: tuple[str, ...]
 ) -> None:
     """Anything registering the broadcast application straight on Asterisk takes the calls:
     the proxy says so in its log and in /readyz instead of looking healthy, and takes the
     application back once that client has left (before, it stayed deaf until restarted)."""
-    proxy = fault_proxy(asterisk, tmp_path)
+    proxy = fault_proxy(asterisk, tmp_path, *handover)
     try:
         assert await readyz(proxy.base) == 200
         async with events(asterisk.base, FAULT_APP):
@@ -332,12 +339,14 @@ async def test_the_broadcast_application_taken_by_another_client_comes_back_when
 
 
 async def test_a_subroutine_without_its_labels_strands_no_call(
-    asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path
+    asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path, handover: tuple[str, ...]
 ) -> None:
     """An edited copy of [stasis-broadcast] that lost its labels: `continue` to them gets
     404 although the channel exists. The proxy says what is wrong and lets the call go on
     at the next priority instead of taking it for hung up and leaving it parked."""
-    proxy = fault_proxy(asterisk, tmp_path, "--subroutine-context", "tests-broken-broadcast")
+    proxy = fault_proxy(
+        asterisk, tmp_path, *handover, "--subroutine-context", "tests-broken-broadcast"
+    )
     try:
         tag = token()
         await ari.originate(
@@ -359,9 +368,9 @@ async def test_a_subroutine_without_its_labels_strands_no_call(
 
 
 async def test_killed_proxy_leaves_no_stranded_call(
-    asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path
+    asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path, handover: tuple[str, ...]
 ) -> None:
-    first = fault_proxy(asterisk, tmp_path)
+    first = fault_proxy(asterisk, tmp_path, *handover)
     async with events(first.base, "bystander") as client:
         tag = await broadcast_call(ari, "30000")
         offer = await client.wait_for("CallBroadcast")
@@ -372,7 +381,7 @@ async def test_killed_proxy_leaves_no_stranded_call(
     listed = (await ari.http.get(f"applications/{FAULT_APP}")).json()["channel_ids"]
     assert channel_id in listed
     # ...until a proxy starts again, finds it and sends it back to the dialplan.
-    second = fault_proxy(asterisk, tmp_path)
+    second = fault_proxy(asterisk, tmp_path, *handover)
     try:
         assert await ari.wait_global(f"BCAST_RESULT_{tag}", timeout=10) == "TIMEOUT"
         assert "was left in the broadcast application" in second.log()
@@ -381,9 +390,9 @@ async def test_killed_proxy_leaves_no_stranded_call(
 
 
 async def test_sigterm_returns_calls_on_offer_closes_clients_with_1001_and_exits(
-    asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path
+    asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path, handover: tuple[str, ...]
 ) -> None:
-    proxy = fault_proxy(asterisk, tmp_path)
+    proxy = fault_proxy(asterisk, tmp_path, *handover)
     async with events(proxy.base, "listener") as client:
         tag = await broadcast_call(ari, "30000")
         await client.wait_for("CallBroadcast")
@@ -408,9 +417,9 @@ async def test_sigterm_returns_calls_on_offer_closes_clients_with_1001_and_exits
 
 
 async def test_an_application_leaving_mid_broadcast_does_not_disturb_the_race(
-    asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path
+    asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path, handover: tuple[str, ...]
 ) -> None:
-    proxy = fault_proxy(asterisk, tmp_path)
+    proxy = fault_proxy(asterisk, tmp_path, *handover)
     try:
         async with events(proxy.base, "stayer") as stayer:
             async with events(proxy.base, "leaver") as leaver:
@@ -435,9 +444,9 @@ async def test_an_application_leaving_mid_broadcast_does_not_disturb_the_race(
 
 
 async def test_a_winner_gone_before_the_hand_over_gives_failed(
-    asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path
+    asterisk: Asterisk, ari: Ari, no_native: None, tmp_path: Path, handover: tuple[str, ...]
 ) -> None:
-    proxy = fault_proxy(asterisk, tmp_path)
+    proxy = fault_proxy(asterisk, tmp_path, *handover)
     proxied = Ari(proxy.base)
     try:
         async with events(proxy.base, "quitter") as quitter:
