@@ -55,6 +55,12 @@ class Metrics:
             "Client sockets closed because they stopped reading",
             registry=r,
         )
+        self.filter_timeouts = Counter(
+            "ari_proxy_filter_timeouts",
+            "Application names an app_filter could not be matched against in time (only "
+            "where the process has no glibc and the regex port matches)",
+            registry=r,
+        )
         self.app_replaced = Counter(
             "ari_proxy_broadcast_app_replaced",
             "Times another client registered the broadcast application on Asterisk",

@@ -11,8 +11,10 @@ and offers the call to *every* application. This module reproduces the three pie
   third-party ``regex`` engine. Matching is done on UTF-8 bytes with C-locale character classes
   (``.`` is one byte, ``[[:alpha:]]`` and ``\\w`` are ASCII), which assumes Asterisk runs in the
   C locale, i.e. never calls ``setlocale(LC_ALL, "")``;
-* :class:`AppFilter`, the native policy around them, with a match timeout so that a pathological
-  pattern cannot stall the proxy.
+* :class:`AppFilter`, the native policy around them. Matching is glibc's own ``regexec`` where
+  the process has glibc (glibc_regex.py), else the port's, with a match timeout and a budget
+  per broadcast so that a pathological pattern cannot stall the proxy; verdicts are
+  remembered per (pattern, application).
 
 Known differences from glibc: back-references follow the backtracking engine, while glibc's
 matcher has bugs there (``(b*){2}x\\1`` never matches, ``($)*\\1d`` matches ``"d"``, and some
@@ -25,13 +27,18 @@ from __future__ import annotations
 
 import enum
 import functools
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 import regex
 
+from .glibc_regex import GlibcRegex
+
 __all__ = [
     "DEFAULT_MATCH_TIMEOUT",
+    "MATCH_BUDGET",
     "AppFilter",
     "Ere",
     "EreError",
@@ -42,7 +49,10 @@ __all__ = [
 ]
 
 DEFAULT_MATCH_TIMEOUT: Final = 0.05
-"""Seconds one filter match may take before it counts as "no match"."""
+"""Seconds one filter match may take before it counts as "no match" (the port only)."""
+MATCH_BUDGET: Final = 0.1
+"""Seconds of matching one broadcast may spend on all applications (the port only)."""
+_VERDICTS_KEPT: Final = 4096  # application names remembered per filter
 
 # --- validate_regex_pattern (res_stasis_broadcast.c) ------------------------------------------
 
@@ -797,24 +807,39 @@ def translate(pattern: str) -> str:
 
 
 class Ere:
-    """A glibc ERE compiled once for the ``regex`` engine, searched like ``regexec``."""
+    """A glibc ERE compiled once, searched like ``regexec``: by glibc itself where the
+    process has it (glibc_regex.py: exact, never exponential), else by the ``regex`` port."""
 
-    __slots__ = ("_compiled", "pattern", "source")
+    __slots__ = ("_compiled", "_native", "pattern", "source", "verdicts")
 
-    def __init__(self, pattern: str) -> None:
-        """Compile ``pattern``; raises :class:`EreError` where glibc's ``regcomp`` fails."""
+    def __init__(self, pattern: str, *, native: bool = True) -> None:
+        """Compile ``pattern``; raises :class:`EreError` where glibc's ``regcomp`` fails.
+        `native=False` keeps to the port (the tests compare the two)."""
         self.pattern = pattern
         self.source = translate(pattern)
         try:
             self._compiled = regex.compile(self.source.encode("ascii"))
         except regex.error:  # a translation bug; refuse rather than guess
             raise EreError(RegError.REG_BADPAT) from None
+        glibc = GlibcRegex.load() if native else None
+        self._native = glibc.compile(_c_bytes(pattern)) if glibc is not None else None
+        # Verdicts per application name: a dialplan uses a handful of filters (each Ere is
+        # compiled once), applications come and go slowly, and every call matches every
+        # connected application. Only definite ones (a timeout may go the other way later).
+        self.verdicts: dict[str, bool] = {}
+
+    @property
+    def native(self) -> bool:
+        """Whether glibc's own regexec does the matching."""
+        return self._native is not None
 
     def search(self, name: str, timeout: float | None = None) -> bool:
         """Unanchored, case-sensitive search of ``name``'s UTF-8 bytes.
 
-        Raises :class:`TimeoutError` when ``timeout`` seconds pass first.
+        Raises :class:`TimeoutError` when ``timeout`` seconds pass first (the port only).
         """
+        if self._native is not None:
+            return self._native.search(_c_bytes(name))
         return self._compiled.search(_c_bytes(name), timeout=timeout) is not None
 
 
@@ -892,11 +917,34 @@ class AppFilter:
 
     def matches(self, name: str) -> bool:
         """Whether ``name`` is a recipient; a timed-out search is "no" and bumps ``timeouts``."""
-        found = self.search(name)
+        if self._ere is None:
+            return True
+        verdicts = self._ere.verdicts
+        found = verdicts.get(name)
         if found is None:
-            self.timeouts += 1
-            return False
+            found = self.search(name)
+            if found is None:
+                self.timeouts += 1
+                return False
+            if len(verdicts) >= _VERDICTS_KEPT:
+                del verdicts[next(iter(verdicts))]  # the oldest
+            verdicts[name] = found
         return found
+
+    def recipients(self, apps: Iterable[str], budget: float = MATCH_BUDGET) -> list[str]:
+        """The matching ones of `apps`, in order. Past `budget` seconds of matching (only
+        the port can take that long) the rest count as not matching, and as timeouts."""
+        if self._ere is None:
+            return list(apps)
+        deadline = time.monotonic() + budget
+        chosen = []
+        for app in apps:
+            if time.monotonic() > deadline and app not in self._ere.verdicts:
+                self.timeouts += 1
+                continue
+            if self.matches(app):
+                chosen.append(app)
+        return chosen
 
     def __repr__(self) -> str:
         return f"AppFilter({self.pattern!r}, {self.state.name})"

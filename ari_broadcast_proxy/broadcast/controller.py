@@ -312,7 +312,7 @@ class BroadcastController:
         app_filter, filter_warnings = AppFilter.compile(options.app_filter)
         for warning in (*options.warnings, *filter_warnings):
             _log(logging.WARNING, channel_id, "%s", warning)
-        recipients = [app for app in self._registry.apps() if app_filter.matches(app)]
+        recipients = self._recipients(channel_id, app_filter)
         self.presenter.remember(channel_id, invocation)
         offer = Offer(
             invocation=invocation,
@@ -332,6 +332,21 @@ class BroadcastController:
         asyncio.get_running_loop().call_soon(
             self._offered, channel_id, len(recipients), options.timeout_ms, started
         )
+
+    def _recipients(self, channel_id: str, app_filter: AppFilter) -> list[str]:
+        """The connected applications the filter selects (matching is bounded per call)."""
+        before = app_filter.timeouts
+        recipients = app_filter.recipients(self._registry.apps())
+        if timed_out := app_filter.timeouts - before:
+            self._metrics.filter_timeouts.inc(timed_out)
+            _log(
+                logging.WARNING,
+                channel_id,
+                "app_filter %r: matching timed out for %d application(s), not offered",
+                app_filter.pattern,
+                timed_out,
+            )
+        return recipients
 
     def _offered(self, channel_id: str, recipients: int, timeout_ms: int, started: float) -> None:
         self._metrics.fanout.observe(time.perf_counter() - started)
@@ -434,7 +449,7 @@ class BroadcastController:
                 event = call_claimed(
                     offer.channel, command.winner, asterisk_timestamp(), offer.asterisk_id
                 )
-                recipients = [a for a in self._registry.apps() if offer.app_filter.matches(a)]
+                recipients = self._recipients(command.broadcast.channel_id, offer.app_filter)
                 fan_out(event, recipients, self._registry)
             elif isinstance(command, ResumeDialplan):
                 channel_id = command.broadcast.channel_id

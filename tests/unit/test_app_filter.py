@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -168,9 +169,23 @@ def test_filter_text_is_read_as_a_c_string() -> None:
     assert AppFilter.compile("^a$")[0].matches("a\0b")
 
 
-def test_a_timed_out_match_counts_as_no_match_and_is_counted() -> None:
+def test_glibc_matches_where_the_port_would_backtrack_for_its_whole_timeout() -> None:
     app_filter, warnings = AppFilter.compile("^(a|aa)*$")
     assert (app_filter.state, warnings) == (FilterState.ACTIVE, [])
+    slow = "a" * 60 + "!"
+    started = time.perf_counter()
+    assert app_filter.matches(slow) is False
+    assert time.perf_counter() - started < 0.01  # glibc: microseconds (the port: 50 ms)
+    assert app_filter.timeouts == 0
+
+
+def port_filter(pattern: str) -> AppFilter:
+    """A filter matched by the port (what a process without glibc gets)."""
+    return AppFilter(pattern, FilterState.ACTIVE, Ere(pattern, native=False))
+
+
+def test_a_timed_out_match_counts_as_no_match_and_is_counted() -> None:
+    app_filter = port_filter("^(a|aa)*$")
     slow = "a" * 60 + "!"
     assert app_filter.search(slow) is None
     assert app_filter.timeouts == 0
@@ -179,6 +194,21 @@ def test_a_timed_out_match_counts_as_no_match_and_is_counted() -> None:
     assert app_filter.timeouts == 2
     assert app_filter.matches("aaaa") is True
     assert app_filter.timeouts == 2
+
+
+def test_matching_one_broadcast_has_a_budget() -> None:
+    app_filter = port_filter("^(a|aa)*$")
+    apps = ["aaaa", *(f"{'a' * 60}!{i}" for i in range(4)), "aa"]
+    assert app_filter.recipients(apps, budget=0.06) == ["aaaa"]
+    assert app_filter.timeouts == 5  # one timed out, then the budget was spent
+    assert app_filter.recipients(["aa", "aaaa"], budget=0) == ["aaaa"]  # remembered only
+
+
+def test_verdicts_are_remembered_per_application() -> None:
+    app_filter = AppFilter.compile("^sales-")[0]
+    assert app_filter.recipients(["sales-1", "ivr"]) == ["sales-1"]
+    again = AppFilter.compile("^sales-")[0]  # the same compiled pattern, another broadcast
+    assert again.recipients(["sales-1", "ivr"], budget=0) == ["sales-1"]
 
 
 def test_only_an_active_filter_holds_a_compiled_pattern() -> None:
@@ -285,7 +315,7 @@ def glibc() -> Iterator[Glibc]:
 
 def ours(pattern: str, names: list[str]) -> int | list[bool]:
     try:
-        ere = Ere(pattern)
+        ere = Ere(pattern, native=False)  # the port: glibc is the oracle
     except EreError as exc:
         return int(exc.code)
     return [ere.search(name, timeout=1.0) for name in names]
