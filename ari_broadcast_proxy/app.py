@@ -16,6 +16,7 @@ from starlette.websockets import WebSocket
 from .auth import WriteAccess
 from .broadcast.claims import ClaimService
 from .broadcast.controller import BroadcastController
+from .broadcast.gate import BroadcastGate
 from .broadcast.handover import Dialplan
 from .broadcast.ownership import AppGuard
 from .broadcast.presentation import Presenter
@@ -53,23 +54,18 @@ class Proxy:
         self.access = WriteAccess(self.rest)
         self.rules = RequestRules(config.broadcast_app, self.controller.is_locked)
         self.claims = ClaimService(self.controller, self.access, self.metrics)
+        self.gate = BroadcastGate(self.controller, self.claims, self.rules, self.presenter)
         self.sessions = SessionManager(
             config.upstream_ws,
             config.upstream_timeout,
             config.session_queue,
             self.registry,
-            BroadcastHooks(self.controller, self.claims, self.registry, self.rules),
+            BroadcastHooks(self.controller, self.gate, self.registry),
             config.broadcast_app,
             on_overflow=self.metrics.slow_consumers.inc,
         )
         self.passthrough = Passthrough(
-            self.rest,
-            self.controller,
-            self.claims,
-            self.presenter,
-            self.rules,
-            self.access,
-            f"{config.listen_host}:{config.listen_port}",
+            self.rest, self.gate, f"{config.listen_host}:{config.listen_port}"
         )
         self._drained = False
         gauge = self.metrics.gauge

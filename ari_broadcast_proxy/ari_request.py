@@ -20,12 +20,17 @@ are ports of what Asterisk does, checked against the real one in the tests:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 from .errors import BadRequest
 
 __all__ = [
+    "BODY_PARSE_ERROR",
     "MALFORMED_ESCAPE",
+    "AriAnswer",
+    "AriCall",
     "app_parameter_values",
     "c_string",
     "decode_component",
@@ -36,6 +41,7 @@ __all__ = [
 ]
 
 MALFORMED_ESCAPE = "Malformed percent-encoding"
+BODY_PARSE_ERROR = "Error parsing request body"  # Asterisk's, for a JSON body it cannot read
 _ESCAPE = re.compile(rb"%(?![0-9A-Fa-f]{2})")
 _C_SPACE = " \t\n\v\f\r"
 _QUOTES = "'\""
@@ -161,3 +167,46 @@ def _strip_quoted(token: str) -> str:
 def _trim(token: str) -> str:
     trimmed = token.strip(_C_SPACE)
     return trimmed or token
+
+
+@dataclass(frozen=True)
+class AriCall:
+    """A client's ARI request as Asterisk reads it."""
+
+    method: str
+    segments: tuple[str, ...]
+    params: tuple[tuple[str, str], ...] = ()  # form body first, then query: Asterisk's order
+    json_body: Any = None
+    body_error: str | None = None  # Asterisk's message for a body it cannot parse
+
+    @property
+    def path(self) -> str:
+        return "/".join(self.segments)
+
+    def values(self, name: str) -> list[str]:
+        """Every value given for parameter `name`, in the query, form or JSON body."""
+        found = [value for key, value in self.params if key == name]
+        if isinstance(self.json_body, dict) and name in self.json_body:
+            value = self.json_body[name]
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, str):
+                    found.append(c_string(item))
+        return found
+
+    def variable_names(self) -> Iterator[str]:
+        """Every variable name the request reads or writes."""
+        yield from self.values("variable")
+        for listed in self.values("variables"):  # a list of names (read) or of name=value
+            yield from (item.partition("=")[0] for item in listed.split(","))
+        variables = self.json_body.get("variables") if isinstance(self.json_body, dict) else None
+        if isinstance(variables, dict):
+            yield from (c_string(str(name)) for name in variables)
+
+
+@dataclass(frozen=True)
+class AriAnswer:
+    """An answer the proxy gives itself, in Asterisk's shape (a JSON body, or none)."""
+
+    status: int
+    body: dict[str, Any] | None = None
+    headers: dict[str, str] = field(default_factory=dict)

@@ -1,20 +1,22 @@
 """REST passthrough: every /ari/ request goes to Asterisk and its answer comes back unchanged,
-except the few the broadcast feature must answer or adjust (claims, control calls on channels
-under broadcast, api-docs, snapshots of broadcast channels).
+except what a feature answers or adjusts through its `RequestHook` (the broadcast feature's
+gate: claims, refusals, listings) and the api-docs (basePath, the claim operation).
 
 A raw ASGI application: every ARI call of every application passes here, so it works on the
 scope's bytes and writes the answer itself, with no request or response objects in between.
+Requests are read as Asterisk reads them (`AriCall`), so that what a hook decides on is what
+Asterisk executes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, quote, urlencode
+from typing import Protocol
+from urllib.parse import parse_qsl
 
 import orjson
 from starlette.responses import Response
@@ -22,21 +24,12 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from .apidocs import ApiDocsError, base_url_for, rewrite_document
-from .ari_request import parse_query, path_segments
-from .auth import AccessDenied, Credentials, WriteAccess
-from .broadcast.claims import ClaimAnswer, ClaimService, native_404_for_501
-from .broadcast.controller import BroadcastController
-from .broadcast.presentation import Presenter
-from .broadcast.request_rules import (
-    AriCall,
-    RequestRules,
-    unset_reserved,
-    without_reserved_variables,
-)
+from .ari_request import BODY_PARSE_ERROR, AriAnswer, AriCall, parse_query, path_segments
+from .auth import Credentials
 from .errors import BadRequest, ProxyError, UpstreamError
 from .upstream.rest import HttpResponse, UpstreamRest
 
-__all__ = ["Passthrough", "end_to_end_headers"]
+__all__ = ["Passthrough", "RequestHook", "end_to_end_headers"]
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +70,29 @@ STREAM_PIECE = 16 * 1024  # streamed answers go to the client in pieces of at mo
 # are read whole however large, up to this (a channel list of some 50 000 channels).
 REWRITE_LIMIT = 64 * 1024 * 1024
 _JSON = [(b"content-type", b"application/json")]
+
+
+class RequestHook(Protocol):
+    """What a feature answers itself, or adjusts, of the requests passing through."""
+
+    async def own_answer(
+        self, call: AriCall, credentials: Credentials, *, rewritable: bool
+    ) -> AriAnswer | None:
+        """The feature's answer, or None to forward the request."""
+
+    def target(self, call: AriCall) -> bytes | None:
+        """The request target (below /ari) to send instead of the client's, or None."""
+
+    def follows(self, call: AriCall) -> bool:
+        """Whether `answered` must see Asterisk's answer."""
+
+    def rewrites(self, call: AriCall) -> bool:
+        """Whether `answered` may change the answer's body (so it is read whole)."""
+
+    def answered(
+        self, call: AriCall, status: int, content: bytes, *, snapshots: bool
+    ) -> tuple[int, bytes]:
+        """Asterisk's answer as the client gets it."""
 
 
 class _ClientGone(Exception):
@@ -145,22 +161,9 @@ def _error(exc: ProxyError) -> _Answer:
 
 
 class Passthrough:
-    def __init__(
-        self,
-        rest: UpstreamRest,
-        controller: BroadcastController,
-        claims: ClaimService,
-        presenter: Presenter,
-        rules: RequestRules,
-        access: WriteAccess,
-        fallback_host: str,
-    ) -> None:
+    def __init__(self, rest: UpstreamRest, hook: RequestHook, fallback_host: str) -> None:
         self._rest = rest
-        self._rules = rules
-        self._controller = controller
-        self._claims = claims
-        self._presenter = presenter
-        self._access = access
+        self._hook = hook
         self._fallback_host = fallback_host
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -204,50 +207,15 @@ class Passthrough:
                 raise BadRequest("Invalid path")  # never a walk out of a resource
             path = "/".join(segments)
             request = _Request(scope, receive, raw_path)
-            if path == "events/claim" and method == "POST":
-                return await self._claim(request)
             body = await request.body()
             call = request.call(segments, body)
-            if refusal := await self._refusal(request, call):
-                return refusal
+            own = await self._hook.own_answer(call, request.credentials(), rewritable=True)
+            if own is not None:
+                return _own_answer(own)
             return await self._forward(request, call, body)
         except ProxyError as exc:
             log.warning("%s /ari/%s -> %d %s", method, path, exc.status, exc.message)
             return _error(exc)
-
-    # -- the broadcast feature's own answers --------------------------------------------------
-
-    async def _claim(self, request: _Request) -> _Answer:
-        body = await request.body()
-        params = request.query()
-        json_body = None
-        content_type = request.content_type()
-        if content_type == "application/x-www-form-urlencoded":
-            params = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True) + params
-        elif content_type == "application/json" and body.strip():
-            try:
-                json_body = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                raise BadRequest("Error parsing request body") from None
-        answer = await self._claims.answer(request.credentials(), params, json_body)
-        if answer is None:
-            upstream = await self._send(request, body)
-            status, content = native_404_for_501(upstream.status_code, upstream.content)
-            return _Answer(status, _JSON if content else [], content)
-        return _claim_answer(answer)
-
-    async def _refusal(self, request: _Request, call: AriCall) -> _Answer | None:
-        """The proxy's own answer (a call on offer, its application or variables), given
-        once Asterisk has accepted the client's credentials for writing."""
-        refusal = self._rules.refusal(call)
-        if refusal is None:
-            return None
-        try:
-            await self._access.require(request.credentials())
-        except AccessDenied as denied:
-            return _relay(denied.response, denied.response.content)
-        log.info("%s /ari/%s -> %d %s", call.method, call.path, refusal.status, refusal.message)
-        return _error(refusal)
 
     # -- plain forwarding ---------------------------------------------------------------------
 
@@ -264,10 +232,10 @@ class Passthrough:
 
     async def _forward(self, request: _Request, call: AriCall, body: bytes) -> _Answer:
         path = call.path
-        upstream = await self._send(request, body, stream=True, target=self._target(call))
+        upstream = await self._send(request, body, stream=True, target=self._hook.target(call))
         length = upstream.header("content-length")
         declared = _length(length)
-        rewrite = self._may_rewrite(path)
+        rewrite = path.startswith("api-docs/") or self._hook.rewrites(call)
         if declared is None or declared > (REWRITE_LIMIT if rewrite else BUFFER_LIMIT):
             if rewrite and upstream.status_code == 200:
                 log.warning(
@@ -278,55 +246,22 @@ class Passthrough:
                 )
             headers = end_to_end_headers(upstream.raw_headers)
             return _Answer(upstream.status_code, headers, stream=upstream)
-        content = await upstream.read()
-        released = self._rules.released_channel(call)
-        if released is not None and 200 <= upstream.status_code < 300:
-            self._controller.released(released)
-        if upstream.status_code >= 500:
-            log.warning(
-                "%s /ari/%s -> %d from Asterisk", request.method, path, upstream.status_code
-            )
-        if upstream.status_code != 200:
-            pass
-        elif path.startswith("api-docs/"):
+        status, content = upstream.status_code, await upstream.read()
+        if status >= 500:
+            log.warning("%s /ari/%s -> %d from Asterisk", request.method, path, status)
+        if path.startswith("api-docs/") and status == 200:
             base = base_url_for(request.scheme, request.header(b"host"), self._fallback_host)
             try:
                 content = rewrite_document(path[len("api-docs/") :], content, base)
             except ApiDocsError as exc:
                 raise UpstreamError(f"Asterisk sent an unusable api-docs document: {exc}") from exc
-        elif path.startswith("channels"):
-            if len(self._presenter):
-                content = self._presenter.body(content)
-            if call.segments[2:] == ("variables",):
-                content = without_reserved_variables(content)
-        elif call.segments == ("applications",):
-            content = self._rules.without_reserved_app(content)
+        elif rewrite or self._hook.follows(call):
+            answered = self._hook.answered(call, status, content, snapshots=True)
+            if answered[0] != status:  # the hook answers instead (a claim's 501)
+                status, content = answered
+                return _Answer(status, _JSON if content else [], content)
+            content = answered[1]
         return _relay(upstream, content, request.method)
-
-    def _target(self, call: AriCall) -> bytes | None:
-        """The request target to send instead of the client's (None: the client's own): a
-        request for the proxy's application or a read of its variables becomes the same
-        request for things that do not exist, so Asterisk gives its own answer for them."""
-        hidden_app = self._rules.names_reserved_app(call)
-        if not hidden_app and not self._rules.reads_reserved_variable(call):
-            return None
-        segments = list(call.segments)
-        if hidden_app:
-            segments[1] = " " + segments[1]  # Asterisk trims app names: never registered
-        params = [(name, unset_reserved(name, value)) for name, value in call.params]
-        target = "/" + "/".join(quote(s, safe="") for s in segments)
-        return (target + ("?" + urlencode(params) if params else "")).encode("latin-1")
-
-    def _may_rewrite(self, path: str) -> bool:
-        """Whether the answer for `path` may be rewritten, so must be read whole."""
-        return (
-            path.startswith("api-docs/")
-            or path == "applications"
-            or (
-                path.startswith("channels")
-                and (len(self._presenter) > 0 or path.endswith("/variables"))
-            )
-        )
 
 
 class _Request:
@@ -360,28 +295,27 @@ class _Request:
     def _params(self) -> list[tuple[str, str]]:
         return parse_qsl(self._query.decode("latin-1"), keep_blank_values=True)
 
-    def query(self) -> list[tuple[str, str]]:
-        return list(self._params)
-
-    def call(self, segments: tuple[str, ...], body: bytes) -> AriCall:
-        """The request as Asterisk reads it: form parameters before the query's, and the
-        JSON body (BadRequest for an escape Asterisk would read its own way)."""
-        params = parse_query(self._query)
-        json_body = None
-        content_type = self.content_type()
-        if content_type == "application/x-www-form-urlencoded":
-            params = parse_query(body) + params
-        elif content_type == "application/json" and body.strip():
-            with contextlib.suppress(orjson.JSONDecodeError):
-                json_body = orjson.loads(body)  # Asterisk answers a bad one itself
-        return AriCall(self.method.upper(), segments, tuple(params), json_body)
-
     def content_type(self) -> str:
         return (self.header(b"content-type") or "").split(";")[0].strip().lower()
 
     def credentials(self) -> Credentials:
         api_key = dict(self._params).get("api_key")  # the last one, as a query mapping has it
         return Credentials(self.header(b"authorization"), api_key)
+
+    def call(self, segments: tuple[str, ...], body: bytes) -> AriCall:
+        """The request as Asterisk reads it: form parameters before the query's, and the
+        JSON body (BadRequest for an escape Asterisk would read its own way)."""
+        params = parse_query(self._query)
+        json_body, body_error = None, None
+        content_type = self.content_type()
+        if content_type == "application/x-www-form-urlencoded":
+            params = parse_query(body) + params
+        elif content_type == "application/json" and body.strip():
+            try:
+                json_body = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                body_error = BODY_PARSE_ERROR
+        return AriCall(self.method.upper(), segments, tuple(params), json_body, body_error)
 
     async def body(self) -> bytes:
         """The whole body, within Asterisk's limits (else 413, once the client has sent it)."""
@@ -450,7 +384,7 @@ def _relay(upstream: HttpResponse, content: bytes, method: str = "GET") -> _Answ
     return _Answer(upstream.status_code, headers, content, length=length)
 
 
-def _claim_answer(answer: ClaimAnswer) -> _Answer:
+def _own_answer(answer: AriAnswer) -> _Answer:
     if answer.body is None:
         return _Answer(answer.status)
     extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]

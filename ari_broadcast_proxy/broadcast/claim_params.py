@@ -23,7 +23,6 @@ __all__ = [
 CLAIM_NOT_FOUND = "Channel not found or not in broadcast state"
 CLAIM_CONFLICT = "Channel has already been claimed by another application"
 CLAIM_NOT_OFFERED = "Application was not offered this channel"
-BODY_PARSE_ERROR = "Error parsing request body"
 
 
 @dataclass(frozen=True)

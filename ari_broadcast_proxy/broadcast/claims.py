@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
+from ..ari_request import AriAnswer
 from ..auth import AccessDenied, Credentials, WriteAccess
 from ..errors import BadRequest, ProxyError
 from ..metrics import Metrics
@@ -23,7 +23,7 @@ from .claim_params import CLAIM_CONFLICT, CLAIM_NOT_FOUND, CLAIM_NOT_OFFERED, cl
 from .controller import BroadcastController
 from .core import ClaimOutcome
 
-__all__ = ["ClaimAnswer", "ClaimService", "native_404_for_501"]
+__all__ = ["ClaimService", "native_404_for_501"]
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +32,6 @@ _MESSAGES = {
     ClaimOutcome.CONFLICT: CLAIM_CONFLICT,
     ClaimOutcome.NOT_OFFERED: CLAIM_NOT_OFFERED,
 }
-
-
-@dataclass(frozen=True)
-class ClaimAnswer:
-    status: int
-    body: dict[str, Any] | None = None
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 class ClaimService:
@@ -54,7 +47,7 @@ class ClaimService:
         credentials: Credentials,
         params: Iterable[tuple[str, str]],
         json_body: Any | None,
-    ) -> ClaimAnswer | None:
+    ) -> AriAnswer | None:
         """The proxy's answer, or None when Asterisk must answer (not our broadcast)."""
         answer = await self._answer(credentials, params, json_body)
         self._metrics.claims.labels("forwarded" if answer is None else str(answer.status)).inc()
@@ -65,21 +58,21 @@ class ClaimService:
         credentials: Credentials,
         params: Iterable[tuple[str, str]],
         json_body: Any | None,
-    ) -> ClaimAnswer | None:
+    ) -> AriAnswer | None:
         if (refusal := await self.write_refusal(credentials)) is not None:
             return refusal
         try:
             claim = claim_params(params, json_body)
         except BadRequest as exc:
-            return ClaimAnswer(400, {"message": exc.message})
+            return AriAnswer(400, {"message": exc.message})
         outcome = await self._controller.claim(claim.channel_id, claim.application)
         if outcome is None:
             return None
         if outcome is ClaimOutcome.WON:
-            return ClaimAnswer(204)
-        return ClaimAnswer(outcome.value, {"message": _MESSAGES[outcome]})
+            return AriAnswer(204)
+        return AriAnswer(outcome.value, {"message": _MESSAGES[outcome]})
 
-    async def write_refusal(self, credentials: Credentials) -> ClaimAnswer | None:
+    async def write_refusal(self, credentials: Credentials) -> AriAnswer | None:
         """Asterisk's refusal of these credentials for writing (401/403; 502/504 when it
         cannot be asked), or None when they may write."""
         try:
@@ -92,10 +85,10 @@ class ClaimService:
                 body = {"message": response.text}
             challenge = response.header("www-authenticate")
             headers = {"www-authenticate": challenge} if challenge is not None else {}
-            return ClaimAnswer(response.status_code, body, headers)
+            return AriAnswer(response.status_code, body, headers)
         except ProxyError as exc:  # Asterisk could not be asked (unreachable, too slow)
             log.warning("refused a write: checking the credentials failed: %s", exc.message)
-            return ClaimAnswer(exc.status, {"message": exc.message})
+            return AriAnswer(exc.status, {"message": exc.message})
         return None
 
 

@@ -16,13 +16,11 @@ Decisions are made on the request as Asterisk reads it (`AriCall`, see ari_reque
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterable
 
 import orjson
 
-from ..ari_request import c_string
+from ..ari_request import AriCall
 from ..errors import ProxyError, Reserved
 from .dialplan import separate_args
 
@@ -32,7 +30,6 @@ __all__ = [
     "RESERVED_VARIABLE_PREFIX",
     "UNSET_VARIABLE",
     "VARIABLE_NOT_FOUND",
-    "AriCall",
     "RequestRules",
     "hides_variable",
     "unset_reserved",
@@ -74,39 +71,6 @@ _CHANNEL_CONTROL = frozenset(
 # bridges/{id}/<op>: operations Asterisk refuses with 422 for a channel in no application.
 _BRIDGE_CHANNEL_PARAM = frozenset({"addChannel", "removeChannel"})
 _BRIDGE_CHANNEL_PATH = "videoSource"
-
-
-@dataclass(frozen=True)
-class AriCall:
-    """A client's ARI request as Asterisk reads it."""
-
-    method: str
-    segments: tuple[str, ...]
-    params: tuple[tuple[str, str], ...] = ()  # form body first, then query: Asterisk's order
-    json_body: Any = None
-
-    @property
-    def path(self) -> str:
-        return "/".join(self.segments)
-
-    def values(self, name: str) -> list[str]:
-        """Every value given for parameter `name`, in the query, form or JSON body."""
-        found = [value for key, value in self.params if key == name]
-        if isinstance(self.json_body, dict) and name in self.json_body:
-            value = self.json_body[name]
-            for item in value if isinstance(value, list) else [value]:
-                if isinstance(item, str):
-                    found.append(c_string(item))
-        return found
-
-    def variable_names(self) -> Iterator[str]:
-        """Every variable name the request reads or writes."""
-        yield from self.values("variable")
-        for listed in self.values("variables"):  # a list of names (read) or of name=value
-            yield from (item.partition("=")[0] for item in listed.split(","))
-        variables = self.json_body.get("variables") if isinstance(self.json_body, dict) else None
-        if isinstance(variables, dict):
-            yield from (c_string(str(name)) for name in variables)
 
 
 def hides_variable(name: str) -> bool:

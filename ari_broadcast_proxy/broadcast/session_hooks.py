@@ -1,36 +1,29 @@
 """How the broadcast feature plugs into every downstream events session.
 
 From Asterisk: broadcast channels are presented as native's, the proxy's internal variable
-events are dropped, ApplicationReplaced updates the registry, and a forwarded claim that an
-Asterisk without res_stasis_broadcast answers with 501 is turned into native's 404.
-From the client: `RESTRequest` claims are answered by the proxy, and so are control calls on
-channels still on offer (409, as native: not in Stasis yet); an accepted `continue` or hangup
-ends the winner's session at once, as over HTTP.
+events and the subroutine's steps are dropped, ApplicationReplaced updates the registry, and
+the answers to requests the gate follows are adjusted as over HTTP (a claim's 501, a release,
+a listing). From the client: `RESTRequest` frames are read as Asterisk reads them and go
+through the same gate as HTTP requests (gate.py): claims and refusals are answered here.
 """
 
 from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable
+from http import HTTPStatus
 
 import orjson
 
+from ..ari_request import AriAnswer, AriCall
 from ..auth import Credentials
 from ..errors import BadRequest
 from ..registry import AppRegistry
 from ..rest_over_ws import RestRequest, parse_rest_request, rest_response
 from ..sessions import EventSession
-from .claims import ClaimAnswer, ClaimService, native_404_for_501
 from .controller import BroadcastController
+from .gate import BroadcastGate
 from .presentation import asterisk_timestamp
-from .request_rules import (
-    APP_NOT_FOUND,
-    VARIABLE_NOT_FOUND,
-    AriCall,
-    RequestRules,
-    without_reserved_variables,
-)
 
 __all__ = ["BroadcastHooks"]
 
@@ -39,81 +32,54 @@ log = logging.getLogger(__name__)
 
 class BroadcastHooks:
     def __init__(
-        self,
-        controller: BroadcastController,
-        claims: ClaimService,
-        registry: AppRegistry,
-        rules: RequestRules,
+        self, controller: BroadcastController, gate: BroadcastGate, registry: AppRegistry
     ) -> None:
         self._controller = controller
-        self._rules = rules
-        self._claims = claims
+        self._gate = gate
         self._registry = registry
-        # Per session, by (transaction_id, request_id): claims forwarded to Asterisk, and
-        # the channel of each `continue`/hangup on its way.
-        self._forwarded: weakref.WeakKeyDictionary[EventSession, set[tuple[str, str]]] = (
+        # Per session, by (transaction_id, request_id): the forwarded requests whose answer
+        # the gate must see (a claim's 501, a release, a listing).
+        self._following: weakref.WeakKeyDictionary[EventSession, dict[tuple[str, str], AriCall]] = (
             weakref.WeakKeyDictionary()
         )
-        self._releases: weakref.WeakKeyDictionary[EventSession, dict[tuple[str, str], str]] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._rewrites: weakref.WeakKeyDictionary[
-            EventSession, dict[tuple[str, str], Callable[[bytes], bytes]]
-        ] = weakref.WeakKeyDictionary()
 
     def upstream_frame(self, session: EventSession, text: str) -> str | None:
         if '"ApplicationReplaced"' in text:
             event = orjson.loads(text)
             if event.get("type") == "ApplicationReplaced":
                 self._registry.unregister(session, [event.get("application", "")])
-        if (self._forwarded or self._releases or self._rewrites) and '"RESTResponse"' in text:
+        if self._following and '"RESTResponse"' in text:
             text = self._rest_response(session, text)
         return self._controller.observe_upstream_frame(text)
 
     def _rest_response(self, session: EventSession, text: str) -> str:
-        """Note a release Asterisk accepted; turn a forwarded claim's 501 into native's 404."""
+        """Asterisk's answer to a request the gate follows, as the client gets it."""
         message = orjson.loads(text)
         if not isinstance(message, dict) or message.get("type") != "RESTResponse":
             return text
         key = (str(message.get("transaction_id", "")), str(message.get("request_id", "")))
+        following = self._following.get(session)
+        call = following.pop(key, None) if following else None
+        if call is None:
+            return text
+        if not following:
+            del self._following[session]
         status = message.get("status_code", 0)
-        releases = self._releases.get(session)
-        if releases and (released := releases.pop(key, None)) is not None:
-            if not releases:
-                del self._releases[session]
-            if isinstance(status, int) and 200 <= status < 300:
-                self._controller.released(released)
-        rewrites = self._rewrites.get(session)
-        if rewrites and (rewrite := rewrites.pop(key, None)) is not None:
-            if not rewrites:
-                del self._rewrites[session]
-            body = message.get("message_body")
-            if status == 200 and isinstance(body, str):
-                new_body = rewrite(body.encode()).decode()
-                if new_body != body:
-                    message["message_body"] = new_body
-                    return orjson.dumps(message).decode()
-            return text
-        pending = self._forwarded.get(session)
-        if not pending or key not in pending:
-            return text
-        pending.discard(key)
-        if not pending:
-            del self._forwarded[session]
-        native, body = native_404_for_501(status, b"")
-        if native == status:
-            return text
-        message.update(
-            status_code=native,
-            reason_phrase="Not Found",
-            content_type="application/json",
-            message_body=body.decode(),
+        body = message.get("message_body")
+        content = body.encode() if isinstance(body, str) else b""
+        new_status, new_content = self._gate.answered(
+            call, status if isinstance(status, int) else 0, content, snapshots=False
         )
+        if (new_status, new_content) == (status, content):
+            return text
+        if new_status != status:
+            message.update(status_code=new_status, reason_phrase=HTTPStatus(new_status).phrase)
+        if new_content:
+            message.update(content_type="application/json", message_body=new_content.decode())
         return orjson.dumps(message).decode()
 
     async def client_frame(self, session: EventSession, text: str) -> bool:
-        """Answer claims, and what the request rules refuse or hide; note releases and the
-        answers to rewrite."""
+        """Answer what the gate answers itself; follow what it must see the answer of."""
         if '"RESTRequest"' not in text:
             return False
         try:
@@ -122,61 +88,29 @@ class BroadcastHooks:
             request = _ids_only(text)
             if request is None:
                 return False
-            self._answer(session, request, ClaimAnswer(400, {"message": exc.message}))
+            self._answer(session, request, AriAnswer(400, {"message": exc.message}))
             return True
         if request is None or request.body_error is not None:
-            return False
+            return False  # Asterisk answers it with its own 400
+        call = AriCall(
+            request.method,
+            request.segments,
+            tuple(request.params),
+            request.json_body,
+        )
         credentials = Credentials(
             session.headers.get("authorization"), session.query.get("api_key")
         )
-        key = (request.transaction_id, request.request_id)
-        if request.path == "events/claim" and request.method == "POST":
-            answer = await self._claims.answer(credentials, request.params, request.json_body)
-            if answer is None:
-                self._forwarded.setdefault(session, set()).add(key)
-                return False
-            self._answer(session, request, answer)
-            return True
-        call = AriCall(request.method, request.segments, tuple(request.params), request.json_body)
-        answer = self._own_answer(call)
+        answer = await self._gate.own_answer(call, credentials, rewritable=False)
         if answer is None:
-            refusal = self._rules.refusal(call)
-            if refusal is None:
-                self._note(session, key, call)
-                return False
-            answer = ClaimAnswer(refusal.status, {"message": refusal.message})
-        if call.method != "GET":
-            answer = await self._claims.write_refusal(credentials) or answer
-        log.info("RESTRequest %s /%s -> %d", request.method, request.path, answer.status)
+            if self._gate.follows(call):
+                key = (request.transaction_id, request.request_id)
+                self._following.setdefault(session, {})[key] = call
+            return False
         self._answer(session, request, answer)
         return True
 
-    def _own_answer(self, call: AriCall) -> ClaimAnswer | None:
-        """Asterisk's answer for what does not exist natively: the proxy's application, or
-        its variables (read)."""
-        if self._rules.names_reserved_app(call):
-            return ClaimAnswer(404, {"message": APP_NOT_FOUND})
-        if self._rules.reads_reserved_variable(call):
-            if call.segments[:1] == ("channels",):
-                return ClaimAnswer(404, {"message": VARIABLE_NOT_FOUND})
-            return ClaimAnswer(200, {"value": ""})
-        return None
-
-    def _note(self, session: EventSession, key: tuple[str, str], call: AriCall) -> None:
-        """Remember what to do with Asterisk's answer to a forwarded request."""
-        released = self._rules.released_channel(call)
-        if released is not None and self._controller.in_session(released):
-            self._releases.setdefault(session, {})[key] = released
-        elif call.method == "GET" and call.segments == ("applications",):
-            self._rewrites.setdefault(session, {})[key] = self._rules.without_reserved_app
-        elif (
-            call.method == "GET"
-            and call.segments[:1] == ("channels",)
-            and (call.segments[2:] == ("variables",))
-        ):
-            self._rewrites.setdefault(session, {})[key] = without_reserved_variables
-
-    def _answer(self, session: EventSession, request: RestRequest, answer: ClaimAnswer) -> None:
+    def _answer(self, session: EventSession, request: RestRequest, answer: AriAnswer) -> None:
         session.send_event(
             rest_response(
                 request,
