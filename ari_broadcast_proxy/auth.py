@@ -8,7 +8,6 @@ remembers a yes for a short while.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import time
 from collections.abc import Callable
@@ -28,25 +27,9 @@ class Credentials:
     authorization: str | None
     api_key: str | None
 
-    @property
-    def present(self) -> bool:
-        return bool(self.authorization or self.api_key)
-
     def cache_key(self) -> str:
         raw = f"{self.authorization}\x00{self.api_key}".encode()
         return hashlib.sha256(raw).hexdigest()
-
-    def username(self) -> str:
-        """For log lines: the user name only, never the password."""
-        if self.authorization and self.authorization.lower().startswith("basic "):
-            try:
-                decoded = base64.b64decode(self.authorization[6:], validate=True).decode()
-                return decoded.partition(":")[0]
-            except (ValueError, UnicodeDecodeError):
-                return "?"
-        if self.api_key:
-            return self.api_key.partition(":")[0]
-        return "-"
 
 
 class AccessDenied(Exception):

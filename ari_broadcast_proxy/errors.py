@@ -1,14 +1,12 @@
-"""The proxy's exception tree, and the one place that maps it to HTTP and WebSocket codes.
+"""The proxy's exceptions, and how a refusal becomes an HTTP answer (WebSocket close codes
+are the events sessions' own: sessions.py).
 
 ProxyError                     status, message: a refusal the proxy itself makes
 ├── BadRequest                 400
-├── NotFound                   404
-├── Conflict                   409
-├── NotOffered                 422
 ├── Reserved                   403 (the proxy's own application or variables)
-├── UpstreamError              502 (Asterisk unreachable, refused or malformed answer)
-│   └── UpstreamTimeout        504
-└── ConfigError                startup: a bad setting (exit status 2), never an HTTP answer
+└── UpstreamError              502 (Asterisk unreachable, refused or malformed answer)
+    └── UpstreamTimeout        504
+ConfigError                    startup: a bad setting (exit status 2), never an HTTP answer
 """
 
 from __future__ import annotations
@@ -19,9 +17,6 @@ from starlette.responses import Response
 __all__ = [
     "BadRequest",
     "ConfigError",
-    "Conflict",
-    "NotFound",
-    "NotOffered",
     "ProxyError",
     "Reserved",
     "UpstreamError",
@@ -47,18 +42,6 @@ class ProxyError(Exception):
 
 class BadRequest(ProxyError):
     status = 400
-
-
-class NotFound(ProxyError):
-    status = 404
-
-
-class Conflict(ProxyError):
-    status = 409
-
-
-class NotOffered(ProxyError):
-    status = 422
 
 
 class Reserved(ProxyError):

@@ -142,7 +142,8 @@ def configure_logging(level: str, as_json: bool) -> LogWriter:
     # so are its WebSocket access lines, which it logs as errors (sessions log their own).
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("uvicorn.error").addFilter(_not_a_websocket_access_line)
-    # httpx logs every request URL at INFO, query strings (api_key=user:password) included.
+    # Libraries' own request logging would show URLs with api_key=user:password (httpx and
+    # httpcore where the demo applications or tests use them in this process).
     for noisy in ("httpx", "httpcore", "websockets"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     return writer

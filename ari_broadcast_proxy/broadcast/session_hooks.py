@@ -17,9 +17,9 @@ import orjson
 
 from ..ari_request import AriAnswer, AriCall
 from ..auth import Credentials
+from ..client_rest import RestRequest, parse_rest_request, rest_response
 from ..errors import BadRequest
 from ..registry import AppRegistry
-from ..rest_over_ws import RestRequest, parse_rest_request, rest_response
 from ..sessions import EventSession
 from .controller import BroadcastController
 from .gate import BroadcastGate

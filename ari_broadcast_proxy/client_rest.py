@@ -1,7 +1,10 @@
-"""REST over WebSocket (ARI 20.14+/22.4+): `RESTRequest` frames in, `RESTResponse` frames out.
+"""REST over WebSocket from clients (ARI 20.14+/22.4+): their `RESTRequest` frames read as
+Asterisk reads them, `RESTResponse` frames written as Asterisk writes them. (The proxy's own
+requests to Asterisk over its broadcast socket are upstream/ws_rest.py.)
 
-The relay forwards every request to Asterisk untouched except the ones the proxy answers
-itself (the claim); this module recognises those and builds responses in Asterisk's shape.
+The events sessions forward every request to Asterisk untouched except what the broadcast
+gate answers itself (broadcast/gate.py); this module reads the requests and builds those
+answers.
 """
 
 from __future__ import annotations
