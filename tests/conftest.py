@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -66,6 +67,14 @@ class ProxyProcess:
         if not self._log.closed:
             self._log.flush()
         return self.log_path.read_text(errors="replace")
+
+    async def wait_log(self, text: str, timeout: float = 10, count: int = 1) -> None:
+        """Until the proxy has logged `text` (`count` times): its log is the one trace of
+        what it did that no client can observe (polled: a file has no event to wait on)."""
+        deadline = time.monotonic() + timeout
+        while self.log().count(text) < count:
+            assert time.monotonic() < deadline, f"{text!r} not logged within {timeout} s"
+            await asyncio.sleep(0.02)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         if self.process.poll() is None:

@@ -199,7 +199,7 @@ async def test_refusals_are_logged_without_credentials(proxy: ProxyProcess) -> N
         proxy.port,
         Case("api_key in a refused query", "GET", f"/ari/../x?api_key={USER}:{PASSWORD}", 400),
     )
-    await asyncio.sleep(0.1)
+    await proxy.wait_log("-> 400 Invalid path", count=2)
     log = proxy.log()
     assert "-> 400 Invalid path" in log
     assert f"{USER}:{PASSWORD}" not in log

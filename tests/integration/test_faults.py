@@ -226,11 +226,10 @@ async def test_a_client_that_stops_reading_a_long_answer_frees_its_connection_to
             b"GET /ari/bridges HTTP/1.1\r\nHost: proxy\r\n"
             b"Authorization: Basic YXN0ZXJpc2s6YXN0ZXJpc2s=\r\n\r\n"
         )  # and nothing is read
-        await asyncio.sleep(2.5)
+        await proxy.wait_log("client stopped reading a streamed answer", timeout=20)
         async with httpx.AsyncClient(auth=("asterisk", "asterisk")) as http:
             info = await http.get(proxy.base + "/ari/asterisk/info", timeout=5)
         assert info.status_code == 200
-        assert "client stopped reading a streamed answer" in proxy.log()
     finally:
         raw.close()
         proxy.stop()
@@ -257,7 +256,8 @@ async def test_frames_queued_when_asterisk_closes_the_socket_still_reach_the_cli
                 assert response.status_code == 204
         await asyncio.sleep(0.5)
         os.kill(private_asterisk.pid, signal.SIGKILL)  # its sockets close at once
-        await asyncio.sleep(0.3)  # the proxy has seen the close; the client reads only now
+        # The proxy has seen the close; the client reads only now.
+        await proxy.wait_log("Asterisk closed the events socket for laggard")
         received = []
         with pytest.raises(ConnectionClosed):
             async with asyncio.timeout(20):
@@ -421,9 +421,9 @@ async def test_an_application_leaving_mid_broadcast_does_not_disturb_the_race(
 ) -> None:
     proxy = fault_proxy(asterisk, tmp_path, *handover)
     try:
+        # Through the proxy an application is registered once its socket is open.
         async with events(proxy.base, "stayer") as stayer:
             async with events(proxy.base, "leaver") as leaver:
-                await asyncio.sleep(0.1)
                 tag = await broadcast_call(ari, "5000")
                 offer = await leaver.wait_for("CallBroadcast")
             await stayer.wait_for("CallBroadcast")
@@ -450,10 +450,9 @@ async def test_a_winner_gone_before_the_hand_over_gives_failed(
     proxied = Ari(proxy.base)
     try:
         async with events(proxy.base, "quitter") as quitter:
-            await asyncio.sleep(0.1)
             tag = await broadcast_call(ari, "5000")
             offer = await quitter.wait_for("CallBroadcast")
-        await asyncio.sleep(0.2)  # the socket is gone; its claim arrives anyway
+        await proxy.wait_log("events socket closed for quitter")  # its claim arrives anyway
         won = await proxied.http.post(
             "events/claim", params={"channelId": offer["channel"]["id"], "application": "quitter"}
         )

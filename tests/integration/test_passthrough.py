@@ -468,7 +468,7 @@ async def test_upstream_down(dead_upstream_proxy: ProxyProcess) -> None:
                 response.status_code, dict(response.headers), response.content, 502
             )
             assert "Asterisk" in response.json()["message"]
-        await asyncio.sleep(1)
+        await dead_upstream_proxy.wait_log("broadcast application not connected", count=3)
         assert (await client.get("/readyz")).status_code == 503  # still retrying, still alive
         assert (await client.get("/healthz")).status_code == 200
     assert dead_upstream_proxy.process.poll() is None
