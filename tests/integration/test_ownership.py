@@ -142,6 +142,32 @@ async def test_the_proxys_application_answers_as_one_that_does_not_exist(
     assert RESERVED in [a["name"] for a in (await ari.http.get("applications")).json()]
 
 
+@pytest.mark.parametrize(
+    ("path", "params"),
+    [
+        ("channels", {"endpoint": "Local/s@tests-echo", "app": RESERVED}),
+        ("channels/create", {"endpoint": "Local/s@tests-echo", "app": RESERVED}),
+        (
+            "channels/externalMedia",
+            {"app": RESERVED, "external_host": "127.0.0.1:9", "format": "ulaw"},
+        ),
+        ("events/user/probe", {"application": RESERVED}),
+    ],
+)
+async def test_nothing_is_sent_into_the_proxys_application(
+    ari: Ari, proxied: Ari, path: str, params: dict[str, str]
+) -> None:
+    """Natively no such application exists, and Asterisk would create the channel anyway
+    (for a move, report ApplicationMoveFailed): through the proxy nothing reaches it."""
+    before = {c["id"] for c in (await ari.http.get("channels")).json()}
+    refused = await proxied.http.post(path, params=params)
+    assert refused.status_code == 403
+    assert refused.json() == {
+        "message": f"Application '{RESERVED}' is reserved for the broadcast proxy"
+    }
+    assert {c["id"] for c in (await ari.http.get("channels")).json()} == before
+
+
 async def rest_request(client: Events, uri: str, method: str = "GET", **extra: Any) -> dict:
     request_id = token()
     frame = {"type": "RESTRequest", "transaction_id": request_id, "request_id": request_id}
