@@ -235,3 +235,17 @@ async def events(
 
 def token() -> str:
     return uuid.uuid4().hex[:12]
+
+
+def claim_frame(channel_id: str, app: str) -> str:
+    """A claim as a RESTRequest frame, ids naming the channel and the claimant (their
+    RESTResponse carries them back)."""
+    return json.dumps(
+        {
+            "type": "RESTRequest",
+            "transaction_id": channel_id,
+            "request_id": app,
+            "method": "POST",
+            "uri": f"events/claim?channelId={channel_id}&application={app}",
+        }
+    )

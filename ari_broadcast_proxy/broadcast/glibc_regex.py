@@ -78,13 +78,18 @@ class GlibcRegex:
 
     def compile(self, pattern: bytes) -> GlibcPattern | None:
         """``regcomp(REG_EXTENDED | REG_NOSUB)``; None where glibc refuses the pattern."""
+        compiled = self.regcomp(pattern)
+        return compiled if isinstance(compiled, GlibcPattern) else None
+
+    def regcomp(self, pattern: bytes) -> GlibcPattern | int:
+        """The compiled pattern, or regcomp's error code (REG_*)."""
         buffer = ctypes.create_string_buffer(_REGEX_T_SIZE)
         old = self._libc.uselocale(self._locale)
         try:
             code = self._libc.regcomp(buffer, pattern, _REG_EXTENDED | _REG_NOSUB)
         finally:
             self._libc.uselocale(old)
-        return None if code else GlibcPattern(self, buffer)
+        return int(code) if code else GlibcPattern(self, buffer)
 
     def execute(self, buffer: Any, data: bytes) -> bool:
         old = self._libc.uselocale(self._locale)

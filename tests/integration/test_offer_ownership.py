@@ -21,10 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-import pytest
-
-from ..ari import Ari, Asterisk, Events, events, token
-from ..conftest import ProxyProcess
+from ..ari import Ari, Events, events, token
 from .scenarios import Target, claim, place_call
 from .test_bad_input import Case, raw_request
 
@@ -326,23 +323,6 @@ async def sweep(target: Target, rows: list[Row]) -> dict[str, dict[str, Any]]:
                 hung_up = (row.method, row.path) == HANGUP and answer["status"] == 204
                 out[row.key] = {"answer": answer, "after": await what_became_of(offer, hung_up)}
     return out
-
-
-@pytest.fixture
-async def targets(
-    asterisk: Asterisk, ari: Ari, proxy: ProxyProcess
-) -> AsyncIterator[dict[str, Target]]:
-    direct_apps = Ari(asterisk.base)
-    proxied_apps = Ari(proxy.base)
-    try:
-        yield {
-            "native": Target("native", asterisk.base, "conformance-native", ari, direct_apps),
-            "proxy": Target("proxy", proxy.base, "conformance-proxy", ari, proxied_apps),
-        }
-    finally:
-        await ari.set_native_modules(True)
-        await direct_apps.aclose()
-        await proxied_apps.aclose()
 
 
 async def test_operations_on_an_offered_channel_answer_as_native(

@@ -26,7 +26,7 @@ import httpx
 import orjson
 import pytest
 
-from ..ari import PASSWORD, ROOT, USER, Ari, Asterisk, events, free_port
+from ..ari import PASSWORD, ROOT, USER, Ari, Asterisk, claim_frame, events, free_port
 from ..conftest import ProxyProcess
 
 CALLS = int(os.environ.get("SIP_CALLS", "300"))
@@ -156,17 +156,7 @@ async def test_sip_callers_race(
 
             async def claim(channel_id: str, app: str, socket: Any) -> None:
                 if app in WS_CLAIMERS:
-                    await socket.send(
-                        orjson.dumps(
-                            {
-                                "type": "RESTRequest",
-                                "transaction_id": channel_id,
-                                "request_id": app,
-                                "method": "POST",
-                                "uri": f"events/claim?channelId={channel_id}&application={app}",
-                            }
-                        ).decode()
-                    )
+                    await socket.send(claim_frame(channel_id, app))
                     return
                 try:
                     response = await http.post(

@@ -20,7 +20,7 @@ import orjson
 import psutil
 import pytest
 
-from ..ari import PASSWORD, USER, Ari, Asterisk, events, token
+from ..ari import PASSWORD, USER, Ari, Asterisk, claim_frame, events, token
 from ..conftest import ProxyProcess
 
 CALLS = int(os.environ.get("SOAK_CALLS", "10000"))
@@ -70,17 +70,7 @@ async def test_soak(asterisk: Asterisk, ari: Ari, proxy: ProxyProcess) -> None:
 
             async def claim(channel_id: str, app: str, socket: Any) -> None:
                 if app in WS_CLAIMERS:  # half the apps claim over REST-over-WebSocket
-                    await socket.send(
-                        orjson.dumps(
-                            {
-                                "type": "RESTRequest",
-                                "transaction_id": channel_id,
-                                "request_id": app,
-                                "method": "POST",
-                                "uri": f"events/claim?channelId={channel_id}&application={app}",
-                            }
-                        ).decode()
-                    )
+                    await socket.send(claim_frame(channel_id, app))
                     return
                 try:
                     response = await http.post(

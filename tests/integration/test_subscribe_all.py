@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
-from ..ari import Ari, Asterisk, events
-from ..conftest import ProxyProcess
+from ..ari import Ari, events
 from .scenarios import Target, claim, place_call, result
 
 CHANNEL_EVENTS = {
@@ -78,22 +76,6 @@ async def watch(target: Target, data: str, end: str) -> list[tuple[Any, ...]]:
             for e in observer.received
             if e["type"] in CHANNEL_EVENTS and e.get("channel", {}).get("id") == channel_id
         ]
-
-
-@pytest.fixture
-async def targets(
-    asterisk: Asterisk, ari: Ari, proxy: ProxyProcess
-) -> AsyncIterator[dict[str, Target]]:
-    direct_apps, proxied_apps = Ari(asterisk.base), Ari(proxy.base)
-    try:
-        yield {
-            "native": Target("native", asterisk.base, "conformance-native", ari, direct_apps),
-            "proxy": Target("proxy", proxy.base, "conformance-proxy", ari, proxied_apps),
-        }
-    finally:
-        await ari.set_native_modules(True)
-        await direct_apps.aclose()
-        await proxied_apps.aclose()
 
 
 @pytest.mark.parametrize(
