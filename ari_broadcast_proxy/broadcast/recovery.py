@@ -1,0 +1,95 @@
+"""Channels the proxy lost track of: recovery after (re)connecting, and the periodic sweep.
+
+After the broadcast application registers, channels already parked in it that the core does
+not know (the proxy restarted, or its socket dropped) go back to the dialplan (TIMEOUT).
+Every SWEEP_INTERVAL while connected: claimed broadcasts whose channel no longer exists are
+fed to the core as gone (the winner's socket was gone, so its StasisEnd was never seen), and
+channels left parked are sent back as the core's SweepRule says (a return that failed every
+retry).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+
+from ..errors import ProxyError
+from ..metrics import Metrics
+from .clock import Clock
+from .core import SWEEP_INTERVAL, BroadcastCore, SweepRule, Verdict
+from .executor import Executor, Offer, log_channel
+from .handover import Dialplan
+
+__all__ = ["Recovery"]
+
+log = logging.getLogger(__name__)
+
+
+class Recovery:
+    def __init__(
+        self,
+        core: BroadcastCore[Offer],
+        executor: Executor,
+        dialplan: Dialplan,
+        broadcast_app: str,
+        metrics: Metrics,
+        clock: Clock,
+        ready: Callable[[], bool],
+    ) -> None:
+        self._core = core
+        self._executor = executor
+        self._dialplan = dialplan
+        self._app = broadcast_app
+        self._metrics = metrics
+        self._clock = clock
+        self._ready = ready  # False once another client took the broadcast application
+
+    async def run(self) -> None:
+        """While the broadcast application is connected: recover, then sweep."""
+        await self.recover()
+        rule = SweepRule()
+        while True:
+            await self._clock.sleep(SWEEP_INTERVAL)
+            await self.sweep(rule)
+
+    async def recover(self) -> None:
+        try:
+            self._return_orphans(await self._orphans())
+        except ProxyError as exc:
+            log.warning(
+                "could not list channels left in the broadcast application: %s", exc.message
+            )
+
+    async def sweep(self, rule: SweepRule) -> None:
+        claimed = self._core.claimed()
+        with contextlib.suppress(ProxyError):
+            # One listing for all of them (the claimed ones were taken before it).
+            live = await self._dialplan.live_channels() if claimed else None
+            if live is not None:
+                for broadcast in claimed:
+                    if broadcast.channel_id not in live:
+                        now = self._clock.now()
+                        self._executor.execute(self._core.channel_gone(broadcast, now))
+        if not self._ready():  # the broadcast application was taken over: not ours
+            return
+        with contextlib.suppress(ProxyError):
+            found = await self._orphans()
+            if self._ready():
+                self._return_orphans(rule.sweep(found))
+
+    async def _orphans(self) -> set[str]:
+        """Channels in the broadcast application that the proxy neither offers nor is
+        sending back (ProxyError when Asterisk cannot say)."""
+        parked = await self._dialplan.channels_in(self._app)
+        return self._core.orphans(parked, self._executor.returning)
+
+    def _return_orphans(self, channel_ids: set[str]) -> None:
+        for channel_id in channel_ids:
+            log_channel(
+                logging.WARNING,
+                channel_id,
+                "was left in the broadcast application; sending it back (TIMEOUT)",
+            )
+            self._metrics.outcomes.labels("timeout").inc()
+            self._executor.send_back_unknown(channel_id, Verdict.TIMEOUT)
