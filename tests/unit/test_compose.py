@@ -1,7 +1,8 @@
 """The container setup: docker-compose.yml, the two Dockerfiles, and examples/racing_app.py.
 
 docker-compose.yml is validated by the real parser (`docker-compose config`, Debian package
-`docker-compose`); without it these tests fail rather than skip. No Docker engine is needed.
+`docker-compose`); without it these tests fail rather than skip. No Docker engine is needed:
+tests/integration/test_docker_stack.py builds and runs the images in a real one.
 """
 
 from __future__ import annotations
@@ -119,6 +120,10 @@ def test_compose_has_the_four_services_on_the_host_network(compose: dict[str, An
     assert set(services) == SERVICES
     for name, service in services.items():
         assert service.get("network_mode") == "host", name
+        # Builds too: no traffic over a Docker bridge (scripts/docker-engine starts dockerd
+        # without one).
+        if "build" in service:
+            assert service["build"].get("network") == "host", name
 
 
 def test_asterisk_service(compose: dict[str, Any]) -> None:
@@ -151,6 +156,18 @@ def test_proxy_service(compose: dict[str, Any]) -> None:
     assert proxy["build"].get("dockerfile", "Dockerfile") == "Dockerfile"
     assert _environment(proxy) == PROXY_ENV
     assert _condition(proxy, "asterisk") == "service_healthy"
+
+
+def test_proxy_healthcheck_is_readiness(compose: dict[str, Any]) -> None:
+    """Healthy means /readyz answers 200 (the broadcast application is registered), not merely
+    that the port accepts connections: the demo services start only then."""
+    proxy = _services(compose)["proxy"]
+    command = _healthcheck_command(proxy)
+    listen = _environment(proxy)["ARI_PROXY_LISTEN"]
+    assert f"http://{listen}/readyz" in command, command
+    assert proxy["healthcheck"]["test"][:2] == ["CMD", "python"]
+    # urlopen raises on 503, so the check fails while the proxy is not ready.
+    assert "urllib.request.urlopen(" in command, command
 
 
 def test_proxy_environment_matches_asterisk_conf(compose: dict[str, Any]) -> None:
@@ -265,15 +282,106 @@ def test_asterisk_image_matches_the_sandbox_setup() -> None:
     assert set(chowned[0]) == expected
 
 
+def _stages(path: Path) -> list[tuple[str, str, list[tuple[str, str]]]]:
+    """(base, stage name, instructions) per FROM, in order."""
+    stages: list[tuple[str, str, list[tuple[str, str]]]] = []
+    for keyword, arguments in _dockerfile_instructions(path):
+        if keyword == "FROM":
+            words = arguments.split()
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else ""
+            stages.append((words[0], name, []))
+        else:
+            assert stages, f"{path}: {keyword} before FROM"
+            stages[-1][2].append((keyword, arguments))
+    return stages
+
+
+def _base_image(stages: list[tuple[str, str, list[tuple[str, str]]]], index: int) -> str:
+    """The image a stage finally builds on, following FROM <earlier stage>."""
+    names = {name: i for i, (_, name, _) in enumerate(stages) if name}
+    base = stages[index][0]
+    while base in names:
+        base = stages[names[base]][0]
+    return base
+
+
+def _base_passwd_names() -> set[str]:
+    """Users and groups every Debian-based image has (base-passwd's master files)."""
+    names = set()
+    for master in ("passwd.master", "group.master"):
+        path = Path("/usr/share/base-passwd") / master
+        assert path.exists(), f"{path} missing: this test reads Debian's base-passwd"
+        names |= {line.split(":")[0] for line in path.read_text().splitlines() if line}
+    assert "proxy" in names
+    return names
+
+
 def test_proxy_image() -> None:
-    instructions = _dockerfile_instructions(ROOT / "Dockerfile")
-    keywords = dict(instructions)
-    assert keywords["FROM"] == "python:3.11-slim"
-    assert json.loads(keywords["ENTRYPOINT"]) == ["ari-broadcast-proxy"]
-    assert keywords.get("USER") not in (None, "root", "0")
-    copied = " ".join(arguments for keyword, arguments in instructions if keyword == "COPY")
+    stages = _stages(ROOT / "Dockerfile")
+    final = dict(stages[-1][2])
+    # Debian's own python3 on debian:trixie-slim: scripts/docker-engine can make that base
+    # image from Debian's mirror where no registry is reachable.
+    assert _base_image(stages, len(stages) - 1) == "debian:trixie-slim"
+    assert json.loads(final["ENTRYPOINT"]) == ["ari-broadcast-proxy"]
+    assert final.get("USER") not in (None, "root", "0")
+    everything = [item for _, _, instructions in stages for item in instructions]
+    copied = " ".join(arguments for keyword, arguments in everything if keyword == "COPY")
     for needed in ("pyproject.toml", "README.md", "ari_broadcast_proxy/", "examples/"):
         assert needed in copied
+
+
+def test_proxy_image_user_is_its_own() -> None:
+    """`useradd proxy` failed on every Debian-based image: base-passwd has a user `proxy`."""
+    stages = _stages(ROOT / "Dockerfile")
+    final = stages[-1][2]
+    user = dict(final)["USER"].split(":")[0]
+    added = [
+        words[-1]
+        for keyword, arguments in final
+        if keyword == "RUN"
+        for command in re.split(r"&&|;", arguments)
+        if (words := shlex.split(command)) and words[0] in ("useradd", "adduser")
+    ]
+    assert added == [user]
+    assert user not in _base_passwd_names()
+
+
+def test_proxy_image_keeps_build_settings_in_the_build_stage() -> None:
+    """docker/pip-settings (this machine's pip settings) is read by the build stage only; the
+    image takes nothing from that stage but the venv."""
+    stages = _stages(ROOT / "Dockerfile")
+    final_base, _, final = stages[-1]
+    for index, (_, _, instructions) in enumerate(stages):
+        copied = [a for k, a in instructions if k in ("COPY", "ADD")]
+        if any("pip-setting" in a for a in copied):
+            assert index != len(stages) - 1
+            assert stages[index][1] != final_base, "the image builds on the build stage"
+    from_build = [a for k, a in final if k == "COPY" and a.startswith("--from=")]
+    assert from_build == ["--from=build /opt/venv /opt/venv"]
+    assert not any("pip-setting" in a or "PIP_" in a for k, a in final if k in ("ENV", "ARG"))
+    dockerignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert "!docker/pip-settings/" in dockerignore
+
+
+def test_base_images_can_be_made_from_debians_mirror() -> None:
+    """Every base image is debian:<suite>[-slim], which scripts/docker-engine makes with
+    debootstrap where no registry is reachable; its list is the Dockerfiles' own."""
+    result = subprocess.run(
+        [
+            "bash",
+            "-c",
+            'eval "$(sed -n "/^base_images()/,/^}/p" scripts/docker-engine)"; '
+            "base_images Dockerfile docker/asterisk.Dockerfile",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert result.stdout.split() == ["debian:sid", "debian:trixie-slim"]
+    for image in result.stdout.split():
+        assert re.fullmatch(r"debian:[a-z]+(-slim)?", image), image
 
 
 # --------------------------------------------------------------------------------------------
