@@ -17,7 +17,7 @@ from .auth import WriteAccess
 from .broadcast.claims import ClaimService
 from .broadcast.controller import BroadcastController
 from .broadcast.gate import BroadcastGate
-from .broadcast.handover import Dialplan
+from .broadcast.handover import ChannelGateway
 from .broadcast.ownership import AppGuard
 from .broadcast.presentation import Presenter
 from .broadcast.request_rules import RequestRules
@@ -45,7 +45,7 @@ class Proxy:
         self.presenter = Presenter(config.broadcast_app, config.subroutine_context)
         self.controller = BroadcastController(
             config,
-            Dialplan(self.rest, config.broadcast_app, config.subroutine_context),
+            ChannelGateway(self.rest, config.broadcast_app, config.subroutine_context),
             AppGuard(self.rest, config.broadcast_app),
             self.registry,
             self.presenter,

@@ -28,7 +28,7 @@ from .clock import Clock, LoopClock
 from .core import BroadcastCore, ClaimOutcome, Command, ResumeDialplan, Verdict
 from .dialplan import parse_broadcast_data
 from .executor import Executor, Offer, log_channel
-from .handover import Dialplan
+from .handover import ChannelGateway
 from .ownership import AppGuard
 from .presentation import InvocationError, Presenter, asterisk_timestamp, parse_invocation
 from .recovery import Recovery
@@ -45,7 +45,7 @@ class BroadcastController:
     def __init__(
         self,
         config: Config,
-        dialplan: Dialplan,
+        gateway: ChannelGateway,
         guard: AppGuard,
         registry: AppRegistry,
         presenter: Presenter,
@@ -56,17 +56,17 @@ class BroadcastController:
         rng: random.Random | None = None,
     ) -> None:
         self._config = config
-        self._dialplan = dialplan
+        self._gateway = gateway
         self.presenter = presenter
         self._metrics = metrics
         self._clock = clock or LoopClock()
         self.core: BroadcastCore[Offer] = BroadcastCore(rng)
-        self.executor = Executor(self.core, dialplan, registry, presenter, metrics, self._clock)
+        self.executor = Executor(self.core, gateway, registry, presenter, metrics, self._clock)
         self.supervisor = Supervisor(
             config,
             open_socket,
             guard,
-            dialplan,
+            gateway,
             metrics,
             self._clock,
             self._on_event,
@@ -75,7 +75,7 @@ class BroadcastController:
         self.recovery = Recovery(
             self.core,
             self.executor,
-            dialplan,
+            gateway,
             config.broadcast_app,
             metrics,
             self._clock,
@@ -174,7 +174,7 @@ class BroadcastController:
             self._clock.now(),
         )
         if invocation.form == "direct":
-            self.executor.spawn(self._dialplan.preset_status(channel_id), f"preset-{channel_id}")
+            self.executor.spawn(self._gateway.preset_status(channel_id), f"preset-{channel_id}")
         self._feed(commands)
         # The rest waits until the sockets' writers have sent the CallBroadcast frames.
         self._clock.call_soon(

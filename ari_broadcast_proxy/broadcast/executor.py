@@ -39,7 +39,7 @@ from .core import (
 )
 from .dialplan import BroadcastOptions
 from .events import call_broadcast, call_claimed, fan_out
-from .handover import Dialplan, HandOverResult
+from .handover import ChannelGateway, HandOverResult
 from .presentation import Invocation, Presenter, asterisk_timestamp
 
 __all__ = ["Executor", "Offer", "log_channel"]
@@ -68,14 +68,14 @@ class Executor:
     def __init__(
         self,
         core: BroadcastCore[Offer],
-        dialplan: Dialplan,
+        gateway: ChannelGateway,
         registry: AppRegistry,
         presenter: Presenter,
         metrics: Metrics,
         clock: Clock,
     ) -> None:
         self.core = core
-        self._dialplan = dialplan
+        self._gateway = gateway
         self._registry = registry
         self._presenter = presenter
         self._metrics = metrics
@@ -161,7 +161,7 @@ class Executor:
             channel_id = command.broadcast.channel_id
             invocation = command.broadcast.context.invocation
             self.send_back(
-                channel_id, self._dialplan.resume(channel_id, invocation, command.verdict)
+                channel_id, self._gateway.resume(channel_id, invocation, command.verdict)
             )
         elif isinstance(command, Forget):
             broadcast = command.broadcast
@@ -218,10 +218,10 @@ class Executor:
         why = f"{winner!r} is no longer connected"
         if self._registry.sink_for(winner) is not None:
             invocation, args = broadcast.context.invocation, broadcast.context.options.args
-            if self._dialplan.moves(invocation, args):
+            if self._gateway.moves(invocation, args):
                 self._presenter.plumbing.moved(channel_id)
             try:
-                verdict = await self._dialplan.hand_over(channel_id, invocation, winner, args)
+                verdict = await self._gateway.hand_over(channel_id, invocation, winner, args)
                 pending = self.spawn(_settled(verdict), f"handover-verdict-{channel_id}")
             except ProxyError as exc:
                 why = exc.message
@@ -251,9 +251,9 @@ class Executor:
     async def _locate(self, broadcast: Broadcast[Offer], ask_exists: bool) -> None:
         channel_id = broadcast.channel_id
         try:
-            if await self._dialplan.parked(channel_id):
+            if await self._gateway.parked(channel_id):
                 where = Location.PARKED
-            elif not ask_exists or await self._dialplan.exists(channel_id):
+            elif not ask_exists or await self._gateway.exists(channel_id):
                 where = Location.ELSEWHERE
             else:
                 where = Location.GONE
@@ -275,12 +275,12 @@ class Executor:
 
     async def _resume_unknown(self, channel_id: str, verdict: Verdict) -> None:
         try:
-            invocation = await self._dialplan.invocation_of(channel_id)
+            invocation = await self._gateway.invocation_of(channel_id)
         except ProxyError as exc:
             log_channel(logging.WARNING, channel_id, "cannot send it back yet: %s", exc.message)
             return  # still parked: a sweep finds it again
         if invocation is not None:
-            await self._dialplan.resume(channel_id, invocation, verdict)
+            await self._gateway.resume(channel_id, invocation, verdict)
 
 
 async def _settled(verdict: Awaitable[HandOverResult]) -> tuple[HandOverResult, str]:

@@ -27,7 +27,7 @@ from ..upstream.ws_rest import RestOverWebSocket
 from .core import Verdict
 from .presentation import Invocation
 
-__all__ = ["Dialplan", "HandOverResult", "backoff", "stasis_data"]
+__all__ = ["ChannelGateway", "HandOverResult", "backoff", "stasis_data"]
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class HandOverResult(enum.Enum):
     UNKNOWN = "no answer from Asterisk"  # it may or may not have taken the hand-over
 
 
-class Dialplan:
+class ChannelGateway:
     def __init__(self, rest: UpstreamRest, broadcast_app: str, subroutine_context: str) -> None:
         self._rest = rest
         self._app = broadcast_app

@@ -19,7 +19,7 @@ from ..metrics import Metrics
 from .clock import Clock
 from .core import SWEEP_INTERVAL, BroadcastCore, SweepRule, Verdict
 from .executor import Executor, Offer, log_channel
-from .handover import Dialplan
+from .handover import ChannelGateway
 
 __all__ = ["Recovery"]
 
@@ -31,7 +31,7 @@ class Recovery:
         self,
         core: BroadcastCore[Offer],
         executor: Executor,
-        dialplan: Dialplan,
+        gateway: ChannelGateway,
         broadcast_app: str,
         metrics: Metrics,
         clock: Clock,
@@ -39,7 +39,7 @@ class Recovery:
     ) -> None:
         self._core = core
         self._executor = executor
-        self._dialplan = dialplan
+        self._gateway = gateway
         self._app = broadcast_app
         self._metrics = metrics
         self._clock = clock
@@ -65,7 +65,7 @@ class Recovery:
         claimed = self._core.claimed()
         with contextlib.suppress(ProxyError):
             # One listing for all of them (the claimed ones were taken before it).
-            live = await self._dialplan.live_channels() if claimed else None
+            live = await self._gateway.live_channels() if claimed else None
             if live is not None:
                 for broadcast in claimed:
                     if broadcast.channel_id not in live:
@@ -81,7 +81,7 @@ class Recovery:
     async def _orphans(self) -> set[str]:
         """Channels in the broadcast application that the proxy neither offers nor is
         sending back (ProxyError when Asterisk cannot say)."""
-        parked = await self._dialplan.channels_in(self._app)
+        parked = await self._gateway.channels_in(self._app)
         return self._core.orphans(parked, self._executor.returning)
 
     def _return_orphans(self, channel_ids: set[str]) -> None:

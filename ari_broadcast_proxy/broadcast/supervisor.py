@@ -23,7 +23,7 @@ from ..metrics import Metrics
 from ..upstream.websocket import CLOSE_TIMEOUT, HandshakeRefused
 from ..upstream.ws_rest import RestOverWebSocket
 from .clock import Clock
-from .handover import Dialplan, backoff
+from .handover import ChannelGateway, backoff
 from .ownership import GUARD_INTERVAL, AppGuard
 
 __all__ = ["EventsSocketLike", "OpenEventsSocket", "Supervisor"]
@@ -58,7 +58,7 @@ class Supervisor:
         config: Config,
         open_socket: OpenEventsSocket,
         guard: AppGuard,
-        dialplan: Dialplan,
+        gateway: ChannelGateway,
         metrics: Metrics,
         clock: Clock,
         on_event: Callable[[dict[str, Any]], None],
@@ -67,7 +67,7 @@ class Supervisor:
         self._config = config
         self._open = open_socket
         self._guard = guard
-        self._dialplan = dialplan
+        self._gateway = gateway
         self._metrics = metrics
         self._clock = clock
         self._on_event = on_event
@@ -138,7 +138,7 @@ class Supervisor:
                 task.cancel()
             self._ready.clear()
             self._socket = None
-            self._dialplan.attach(None)
+            self._gateway.attach(None)
             self.calls.close()
             socket.close()
             await socket.wait_closed(CLOSE_TIMEOUT)
@@ -202,7 +202,7 @@ class Supervisor:
         if self._config.handover_transport == "http":
             log.info("hand-overs use HTTP (--handover-transport http)")
         elif await calls.probe():
-            self._dialplan.attach(calls)
+            self._gateway.attach(calls)
             log.info("hand-overs go over the broadcast application's socket (REST over WebSocket)")
         else:
             log.info("Asterisk does not answer REST over WebSocket: hand-overs use HTTP")

@@ -72,7 +72,7 @@ class FakeClock:
 
 
 class FakeDialplan:
-    """The channel gateway (handover.Dialplan), scripted."""
+    """The channel gateway (handover.ChannelGateway), scripted."""
 
     def __init__(self) -> None:
         self.answer: Callable[[], Awaitable[HandOverResult]] = self._done
