@@ -71,7 +71,7 @@ class FakeClock:
                 handle.callback(*handle.args)
 
 
-class FakeDialplan:
+class FakeGateway:
     """The channel gateway (handover.ChannelGateway), scripted."""
 
     def __init__(self) -> None:
@@ -138,7 +138,7 @@ class Sink:
 class World:
     def __init__(self, apps: tuple[str, ...] = ("alpha", "beta")) -> None:
         self.clock = FakeClock()
-        self.dialplan = FakeDialplan()
+        self.gateway = FakeGateway()
         self.registry = AppRegistry()
         self.sinks = {app: Sink() for app in apps}
         for app, sink in self.sinks.items():
@@ -148,7 +148,7 @@ class World:
         self.core: BroadcastCore[Offer] = BroadcastCore()
         self.executor = Executor(
             self.core,
-            self.dialplan,  # type: ignore[arg-type]
+            self.gateway,  # type: ignore[arg-type]
             self.registry,
             self.presenter,
             self.metrics,
@@ -194,7 +194,7 @@ async def test_an_offer_fans_out_and_its_deadline_sends_the_channel_back() -> No
     assert all(len(sink.events) == 1 for sink in world.sinks.values())
     world.clock.advance(0.5)
     await settle()
-    assert world.dialplan.resumed == [("chan-1", Verdict.TIMEOUT)]
+    assert world.gateway.resumed == [("chan-1", Verdict.TIMEOUT)]
     assert world.outcome("timeout") == 1
     assert world.presenter._invocations  # still presented as native's for the grace
     world.clock.advance(RELEASE_GRACE)
@@ -205,7 +205,7 @@ async def test_a_taken_hand_over_then_the_winners_stasis_start_needs_no_watchdog
     world = World()
     world.offer()
     assert await world.claim() is ClaimOutcome.WON
-    assert world.dialplan.hand_overs == [("chan-1", "alpha")]
+    assert world.gateway.hand_overs == [("chan-1", "alpha")]
     assert world.core.get("chan-1").state is State.AWAITING_SESSION  # type: ignore[union-attr]
     world.executor.execute(world.core.session_started("chan-1", "alpha"))
     assert world.clock.pending() == []  # the watchdog is withdrawn
@@ -219,10 +219,10 @@ async def test_a_lost_hand_over_answer_with_the_channel_still_parked_is_failed()
     async def lost() -> HandOverResult:
         raise UpstreamTimeout("Asterisk did not answer over the broadcast socket in time")
 
-    world.dialplan.answer = lost
-    world.dialplan.parked_answers = [True]
+    world.gateway.answer = lost
+    world.gateway.parked_answers = [True]
     await world.claim()
-    assert world.dialplan.resumed == [("chan-1", Verdict.FAILED)]
+    assert world.gateway.resumed == [("chan-1", Verdict.FAILED)]
     assert world.core.get("chan-1") is None and world.outcome("failed") == 1
 
 
@@ -233,10 +233,10 @@ async def test_a_lost_hand_over_answer_with_the_channel_gone_from_the_app_was_ta
     async def lost() -> HandOverResult:
         raise UpstreamTimeout("late")
 
-    world.dialplan.answer = lost
-    world.dialplan.parked_answers = [False]
+    world.gateway.answer = lost
+    world.gateway.parked_answers = [False]
     await world.claim()
-    assert world.dialplan.resumed == []
+    assert world.gateway.resumed == []
     assert world.core.get("chan-1").state is State.AWAITING_SESSION  # type: ignore[union-attr]
 
 
@@ -247,10 +247,10 @@ async def test_a_lost_hand_over_answer_asterisk_cannot_explain_is_failed() -> No
     async def lost() -> HandOverResult:
         raise UpstreamTimeout("late")
 
-    world.dialplan.answer = lost
-    world.dialplan.parked_answers = [ProxyError("unreachable", 502)]
+    world.gateway.answer = lost
+    world.gateway.parked_answers = [ProxyError("unreachable", 502)]
     await world.claim()
-    assert world.dialplan.resumed == [("chan-1", Verdict.FAILED)]
+    assert world.gateway.resumed == [("chan-1", Verdict.FAILED)]
 
 
 async def test_a_winner_gone_before_the_hand_over_gets_failed() -> None:
@@ -258,18 +258,18 @@ async def test_a_winner_gone_before_the_hand_over_gets_failed() -> None:
     world.offer()
     world.registry.unregister(world.sinks["alpha"], ["alpha"])
     await world.claim()
-    assert world.dialplan.hand_overs == []
-    assert world.dialplan.resumed == [("chan-1", Verdict.FAILED)]
+    assert world.gateway.hand_overs == []
+    assert world.gateway.resumed == [("chan-1", Verdict.FAILED)]
 
 
 async def test_the_watchdog_sends_back_a_channel_that_never_reached_the_winner() -> None:
     world = World()
     world.offer()
     await world.claim()
-    world.dialplan.parked_answers = [True]
+    world.gateway.parked_answers = [True]
     world.clock.advance(HANDOVER_WATCHDOG)
     await settle()
-    assert world.dialplan.resumed == [("chan-1", Verdict.FAILED)]
+    assert world.gateway.resumed == [("chan-1", Verdict.FAILED)]
     assert world.core.get("chan-1") is None and world.outcome("failed") == 1
 
 
@@ -277,10 +277,10 @@ async def test_the_watchdog_ends_a_session_the_winner_never_received() -> None:
     world = World()
     world.offer()
     await world.claim()
-    world.dialplan.parked_answers = [False]
+    world.gateway.parked_answers = [False]
     world.clock.advance(HANDOVER_WATCHDOG)
     await settle()
-    assert world.dialplan.resumed == []
+    assert world.gateway.resumed == []
     assert world.core.get("chan-1") is None and world.outcome("failed") == 1
 
 
@@ -293,7 +293,7 @@ async def test_a_channel_whose_return_is_in_flight_is_not_an_orphan() -> None:
         await release.wait()
         return True
 
-    world.dialplan.resume = slow_resume  # type: ignore[method-assign]
+    world.gateway.resume = slow_resume  # type: ignore[method-assign]
     world.clock.advance(0.5)
     await settle()
     assert world.executor.returning == {"chan-1"}

@@ -16,7 +16,7 @@ def recovery(world: World, ready: list[bool] | None = None) -> Recovery:
     return Recovery(
         world.core,
         world.executor,
-        world.dialplan,  # type: ignore[arg-type]
+        world.gateway,  # type: ignore[arg-type]
         "broadcast",
         world.metrics,
         world.clock,
@@ -27,39 +27,39 @@ def recovery(world: World, ready: list[bool] | None = None) -> Recovery:
 async def test_after_connecting_unknown_parked_channels_go_back() -> None:
     world = World()
     world.offer("known")
-    world.dialplan.parked_now = ["known", "left-over"]
+    world.gateway.parked_now = ["known", "left-over"]
     await recovery(world).recover()
     await settle()
-    assert world.dialplan.resumed == [("left-over", Verdict.TIMEOUT)]
+    assert world.gateway.resumed == [("left-over", Verdict.TIMEOUT)]
 
 
 async def test_a_failed_return_is_retried_by_the_sweep_once_found_twice() -> None:
     world = World()
     world.offer()
-    world.dialplan.resume_result = False  # every retry failed: the channel stays parked
+    world.gateway.resume_result = False  # every retry failed: the channel stays parked
     world.clock.advance(0.5)
     await settle()
-    assert world.dialplan.resumed == [("chan-1", Verdict.TIMEOUT)]
+    assert world.gateway.resumed == [("chan-1", Verdict.TIMEOUT)]
     assert world.executor.returning == set()
-    world.dialplan.parked_now = ["chan-1"]
+    world.gateway.parked_now = ["chan-1"]
     sweeper, rule = recovery(world), SweepRule()
     await sweeper.sweep(rule)
     await settle()
-    assert len(world.dialplan.resumed) == 1  # once: it may be a call entering
-    world.dialplan.resume_result = True
+    assert len(world.gateway.resumed) == 1  # once: it may be a call entering
+    world.gateway.resume_result = True
     await sweeper.sweep(rule)
     await settle()
-    assert world.dialplan.resumed[1:] == [("chan-1", Verdict.TIMEOUT)]
+    assert world.gateway.resumed[1:] == [("chan-1", Verdict.TIMEOUT)]
 
 
 async def test_the_sweep_leaves_a_taken_over_application_alone() -> None:
     world = World()
-    world.dialplan.parked_now = ["theirs"]
+    world.gateway.parked_now = ["theirs"]
     sweeper, rule = recovery(world, ready=[False]), SweepRule()
     await sweeper.sweep(rule)
     await sweeper.sweep(rule)
     await settle()
-    assert world.dialplan.resumed == []
+    assert world.gateway.resumed == []
 
 
 async def test_the_sweep_ends_claimed_broadcasts_whose_channel_is_gone() -> None:
@@ -69,7 +69,7 @@ async def test_the_sweep_ends_claimed_broadcasts_whose_channel_is_gone() -> None
     await world.claim("gone")
     await world.claim("alive", "beta")
     world.executor.execute(world.core.session_started("gone", "alpha"))
-    world.dialplan.live = {"alive"}
+    world.gateway.live = {"alive"}
     await recovery(world).sweep(SweepRule())
     assert world.core.get("gone") is None
     assert world.core.get("alive") is not None
@@ -79,16 +79,16 @@ async def test_the_sweep_keeps_claimed_broadcasts_when_asterisk_cannot_list() ->
     world = World()
     world.offer()
     await world.claim()
-    world.dialplan.live = None
+    world.gateway.live = None
     await recovery(world).sweep(SweepRule())
     assert world.core.get("chan-1") is not None
 
 
 async def test_run_recovers_then_sweeps_every_interval() -> None:
     world = World()
-    world.dialplan.parked_now = ["left-over"]
+    world.gateway.parked_now = ["left-over"]
     task = asyncio.create_task(recovery(world).run())
     await settle()
     task.cancel()
-    assert world.dialplan.resumed[0] == ("left-over", Verdict.TIMEOUT)
+    assert world.gateway.resumed[0] == ("left-over", Verdict.TIMEOUT)
     assert world.clock.slept and world.clock.slept[0] == SWEEP_INTERVAL

@@ -15,7 +15,7 @@ from ari_broadcast_proxy.config import Config
 from ari_broadcast_proxy.errors import UpstreamError
 from ari_broadcast_proxy.metrics import Metrics
 
-from .test_executor import FakeClock, FakeDialplan, settle
+from .test_executor import FakeClock, FakeGateway, settle
 
 CONFIG = Config(
     upstream="http://127.0.0.1:1", username="u", password="p", handover_transport="http"
@@ -72,7 +72,7 @@ class Harness:
             CONFIG,
             self.open,
             self.guard,  # type: ignore[arg-type]
-            FakeDialplan(),  # type: ignore[arg-type]
+            FakeGateway(),  # type: ignore[arg-type]
             self.metrics,
             self.clock,
             self.events.append,
