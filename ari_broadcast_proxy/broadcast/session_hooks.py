@@ -19,8 +19,8 @@ from ..ari_request import AriAnswer, AriCall
 from ..auth import Credentials
 from ..client_rest import RestRequest, parse_rest_request, rest_response
 from ..errors import BadRequest
+from ..event_session import EventSession
 from ..registry import AppRegistry
-from ..sessions import EventSession
 from .controller import BroadcastController
 from .gate import BroadcastGate
 from .presentation import asterisk_timestamp

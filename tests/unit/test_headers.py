@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ari_broadcast_proxy.passthrough import end_to_end_headers
+from ari_broadcast_proxy.http_exchange import end_to_end_headers
 
 
 def test_hop_by_hop_headers_stay_behind() -> None:
