@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 
 from .ari_request import c_string, parse_query, path_segments
+from .errors import BadRequest
 
-__all__ = ["RestRequest", "parse_rest_request", "rest_response"]
+__all__ = ["UNREADABLE", "RestRequest", "parse_rest_request", "rest_response"]
 
 
 @dataclass(frozen=True)
@@ -32,14 +33,18 @@ class RestRequest:
     body_error: str | None  # Asterisk's message when message_body does not parse
 
 
+UNREADABLE = "Unable to parse the frame as JSON"
+
+
 def parse_rest_request(text: str) -> RestRequest | None:
-    """The request in a client frame as Asterisk reads it, or None when the frame is not a
-    well-formed RESTRequest (those go to Asterisk, which answers with its own 400).
-    BadRequest for a percent escape Asterisk would read its own way."""
+    """The request in a client frame as Asterisk reads it, or None when the frame is no
+    RESTRequest or one Asterisk itself refuses (it answers with its own 400). BadRequest for
+    what the proxy cannot read but Asterisk might (a frame nested deeper than orjson parses,
+    a percent escape Asterisk would read its own way): refused, never forwarded unread."""
     try:
         message = orjson.loads(text)
     except orjson.JSONDecodeError:
-        return None
+        raise BadRequest(UNREADABLE) from None
     if not isinstance(message, dict) or message.get("type") != "RESTRequest":
         return None
     if _has_nul(message):
@@ -50,8 +55,8 @@ def parse_rest_request(text: str) -> RestRequest | None:
     path, _, query = c_string(uri).partition("?")
     params = parse_query(query.encode("utf-8", "surrogateescape"))
     extra = message.get("query_strings")
-    if extra is not None:
-        if not isinstance(extra, list) or not all(
+    if isinstance(extra, list):  # anything else Asterisk ignores (json_array_size() is 0)
+        if not all(
             isinstance(q, dict)
             and isinstance(q.get("name"), str)
             and isinstance(q.get("value"), str)

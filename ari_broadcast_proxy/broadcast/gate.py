@@ -60,11 +60,20 @@ class BroadcastGate:
     ) -> AriAnswer | None:
         """The proxy's answer, or None to forward the request. `rewritable`: the transport
         sends `target(call)` instead of the request (HTTP)."""
+        if call.body_error is not None:
+            # Never forwarded unread: Asterisk may parse what the proxy could not (JSON
+            # nested deeper than orjson goes) and act on what no rule has seen.
+            unread = AriAnswer(400, {"message": call.body_error})
+            if call.method != "GET" and not _is_claim(call):
+                return await self._claims.write_refusal(credentials) or unread
+            return unread
         if _is_claim(call):
-            if call.body_error is not None:
-                return AriAnswer(400, {"message": call.body_error})
             return await self._claims.answer(credentials, call.params, call.json_body)
-        answer = None if rewritable else self._not_there(call)
+        # Over HTTP a read of the proxy's variables is sent on as a read of one nobody can
+        # set, which rewrites the query only: with a JSON body (which Asterisk reads for any
+        # method, over the query) the proxy answers itself.
+        directly = not rewritable or call.json_body is not None
+        answer = self._not_there(call) if directly else None
         if answer is None:
             refusal = self._rules.refusal(call)
             if refusal is None:

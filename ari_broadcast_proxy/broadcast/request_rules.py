@@ -99,13 +99,20 @@ class RequestRules:
         """The proxy's answer instead of Asterisk's, or None to forward the request."""
         claim = call.segments == ("events", "claim")
         for param in ("app",) if claim else ("app", "application"):
-            if self._app in call.values(param):
+            if any(self._names_app(value) for value in call.values(param)):
                 return Reserved("Application", self._app)
         if call.method != "GET":
             for name in call.variable_names():
                 if hides_variable(name):
                     return Reserved("Variable", name)
         return self._on_offer(call)
+
+    def _names_app(self, value: str) -> bool:
+        """Whether an `app` value reaches the proxy's application: originate, create and
+        external media run the Stasis dialplan application on "<app>,<appArgs>", which
+        splits it (quotes and backslashes removed) and takes the first part."""
+        first = separate_args(value, 2)
+        return value == self._app or (bool(first) and first[0] == self._app)
 
     def reads_reserved_variable(self, call: AriCall) -> bool:
         """A GET of an ARI_BROADCAST_* variable (to be read as one that does not exist)."""

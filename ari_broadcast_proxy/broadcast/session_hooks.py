@@ -79,24 +79,21 @@ class BroadcastHooks:
         return orjson.dumps(message).decode()
 
     async def client_frame(self, session: EventSession, text: str) -> bool:
-        """Answer what the gate answers itself; follow what it must see the answer of."""
-        if '"RESTRequest"' not in text:
-            return False
+        """Answer what the gate answers itself; follow what it must see the answer of.
+        Every frame is read (a JSON escape can spell "RESTRequest" in any way)."""
         try:
             request = parse_rest_request(text)
         except BadRequest as exc:
-            request = _ids_only(text)
-            if request is None:
-                return False
-            self._answer(session, request, AriAnswer(400, {"message": exc.message}))
+            self._answer(session, _ids_only(text), AriAnswer(400, {"message": exc.message}))
             return True
-        if request is None or request.body_error is not None:
-            return False  # Asterisk answers it with its own 400
+        if request is None:
+            return False  # no request, or one Asterisk refuses itself
         call = AriCall(
             request.method,
             request.segments,
             tuple(request.params),
             request.json_body,
+            request.body_error,
         )
         credentials = Credentials(
             session.headers.get("authorization"), session.query.get("api_key")
@@ -123,16 +120,20 @@ class BroadcastHooks:
         )
 
 
-def _ids_only(text: str) -> RestRequest | None:
-    """A RESTRequest that cannot be read safely, with only what an answer needs."""
-    message = orjson.loads(text)
-    if not isinstance(message, dict) or not isinstance(message.get("uri"), str):
-        return None
+def _ids_only(text: str) -> RestRequest:
+    """A RESTRequest that cannot be read safely, with what an answer can carry of it."""
+    try:
+        message = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        message = {}
+    if not isinstance(message, dict):
+        message = {}
+    uri = message.get("uri")
     return RestRequest(
         transaction_id=str(message.get("transaction_id", "")),
         request_id=str(message.get("request_id", "")),
         method=str(message.get("method", "")),
-        path=message["uri"].partition("?")[0],
+        path=uri.partition("?")[0] if isinstance(uri, str) else "",
         segments=(),
         params=[],
         json_body=None,

@@ -276,3 +276,106 @@ async def test_changes_made_on_asterisk_to_the_proxys_application_are_put_back(
     target = Target("proxy", proxy.base, "conformance-proxy", ari, proxied)
     async with won_call(target, f"after-guard-{token()}") as (_client, channel_id):
         await proxied.http.post(f"channels/{channel_id}/continue")
+
+
+@contextlib.asynccontextmanager
+async def on_offer(target: Target, app: str) -> AsyncIterator[tuple[Events, str]]:
+    """A call on offer to `app` only, through the proxy; claimed (204) at the end, which
+    proves the tries before left it on offer."""
+    async with events(target.app_base, app) as client:
+        await place_call(target, f"5000,^{app}$")
+        channel_id = (await client.wait_for("CallBroadcast"))["channel"]["id"]
+        yield client, channel_id
+        assert (await claim(target.apps_ari, channel_id, app))["status"] == 204
+
+
+async def raw_rest(client: Events, text: str, request_id: str) -> dict[str, Any]:
+    """Send a RESTRequest frame as written; the next answer carrying `request_id`."""
+    seen = len(client.of_type("RESTResponse"))
+    await client.socket.send(text)
+    response = await client.wait_for(
+        lambda e: (
+            e.get("type") == "RESTResponse"
+            and e.get("request_id", "") == request_id
+            and client.of_type("RESTResponse").index(e) >= seen
+        )
+    )
+    body = response.get("message_body")
+    return {"status": response["status_code"], "body": json.loads(body) if body else None}
+
+
+DEEP = "[" * 1100 + "]" * 1100  # deeper than orjson parses (1024), not than Asterisk (2047)
+
+
+async def test_frames_the_proxy_could_misread_never_reach_asterisk_unread(
+    ari: Ari, proxy: ProxyProcess, proxied: Ari
+) -> None:
+    """A type spelled with a JSON escape, a query_strings that is no list (Asterisk ignores
+    it), a frame or body nested deeper than the proxy's parser goes: each was forwarded
+    unchecked, and Asterisk answered the call on offer."""
+    target = Target("proxy", proxy.base, "conformance-proxy", ari, proxied)
+    async with on_offer(target, f"misread-{token()}") as (client, channel_id):
+        answer = f"channels/{channel_id}/answer"
+        escaped = '{"type":"RESTReques\\u0074","request_id":"esc","method":"POST","uri":"'
+        assert await raw_rest(client, escaped + answer + '"}', "esc") == {
+            "status": 409,
+            "body": {"message": "Channel not in Stasis application"},
+        }
+        not_a_list = json.dumps(
+            {"type": "RESTRequest", "request_id": "ql", "method": "POST", "uri": answer}
+            | {"query_strings": {}}
+        )
+        assert (await raw_rest(client, not_a_list, "ql"))["status"] == 409
+        deep_frame = '{"type":"RESTRequest","request_id":"deep","method":"POST","uri":"'
+        deep_frame += answer + '","pad":' + DEEP + "}"
+        # Unreadable to the proxy, its ids too: the answer carries none.
+        assert (await raw_rest(client, deep_frame, ""))["status"] == 400
+        deep_body = json.dumps(
+            {"type": "RESTRequest", "request_id": "body", "method": "POST", "uri": answer}
+            | {"content_type": "application/json", "message_body": '{"pad":' + DEEP + "}"}
+        )
+        assert (await raw_rest(client, deep_body, "body"))["status"] == 400
+        bridge = (await proxied.http.post("bridges", params={"type": "mixing"})).json()["id"]
+        try:
+            deep_http = await proxied.http.post(
+                f"bridges/{bridge}/addChannel",
+                content=('{"channel":"' + channel_id + '","pad":' + DEEP + "}").encode(),
+                headers={"content-type": "application/json"},
+            )
+            assert (deep_http.status_code, deep_http.json()) == (
+                400,
+                {"message": "Error parsing request body"},
+            )
+        finally:
+            await ari.http.delete(f"bridges/{bridge}")
+
+
+async def test_the_proxys_variables_cannot_be_read_through_a_json_body(
+    ari: Ari, proxy: ProxyProcess, proxied: Ari
+) -> None:
+    target = Target("proxy", proxy.base, "conformance-proxy", ari, proxied)
+    async with won_call(target, f"reader-{token()}") as (_client, channel_id):
+        read = await proxied.http.request(
+            "GET",
+            f"channels/{channel_id}/variable",
+            json={"variable": "ARI_BROADCAST_WINNER"},
+        )
+        assert (read.status_code, read.json()) == (
+            404,
+            {"message": "Provided variable was not found"},
+        )
+        await proxied.http.post(f"channels/{channel_id}/continue")
+
+
+@pytest.mark.parametrize("app", [f"{RESERVED},x", f'"{RESERVED}"', "broad\\cast", f"{RESERVED},"])
+async def test_stasis_arguments_cannot_spell_the_proxys_application(
+    ari: Ari, proxied: Ari, app: str
+) -> None:
+    """Originate runs Stasis("<app>,<appArgs>"), which splits and unquotes: each of these
+    is the proxy's application to Stasis()."""
+    before = {c["id"] for c in (await ari.http.get("channels")).json()}
+    refused = await proxied.http.post(
+        "channels", params={"endpoint": "Local/s@tests-echo", "app": app}
+    )
+    assert refused.status_code == 403
+    assert {c["id"] for c in (await ari.http.get("channels")).json()} == before

@@ -61,6 +61,10 @@ def test_what_native_allows_goes_to_asterisk(request_: AriCall) -> None:
         call("POST", "channels/2.2/move", ("app", "broadcast")),
         call("POST", "channels/2.2/snoop", body={"app": "broadcast", "spy": "in"}),
         call("POST", "events/user/x", ("application", "broadcast")),
+        # Stasis("<app>,<appArgs>") splits and unquotes: all of these are "broadcast".
+        call("POST", "channels", ("endpoint", "Local/s@x"), ("app", "broadcast,x")),
+        call("POST", "channels", ("endpoint", "Local/s@x"), ("app", '"broadcast"')),
+        call("POST", "channels", ("endpoint", "Local/s@x"), ("app", "broad\\cast")),
     ],
 )
 def test_the_proxys_application_cannot_be_named(request_: AriCall) -> None:
