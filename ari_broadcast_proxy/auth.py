@@ -28,7 +28,7 @@ class Credentials:
     api_key: str | None
 
     def cache_key(self) -> str:
-        raw = f"{self.authorization}\x00{self.api_key}".encode()
+        raw = f"{self.authorization}\x00{self.api_key}".encode("utf-8", "surrogateescape")
         return hashlib.sha256(raw).hexdigest()
 
 

@@ -8,7 +8,6 @@ import functools
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl
 
 import orjson
 from starlette.responses import Response
@@ -164,7 +163,8 @@ class Request:
 
     @functools.cached_property
     def _params(self) -> list[tuple[str, str]]:
-        return parse_qsl(self._query.decode("latin-1"), keep_blank_values=True)
+        """The query's parameters as Asterisk reads them, parsed once per request."""
+        return parse_query(self._query)
 
     def content_type(self) -> str:
         return (self.header(b"content-type") or "").split(";")[0].strip().lower()
@@ -176,7 +176,7 @@ class Request:
     def call(self, segments: tuple[str, ...], body: bytes) -> AriCall:
         """The request as Asterisk reads it: form parameters before the query's, and the
         JSON body (BadRequest for an escape Asterisk would read its own way)."""
-        params = parse_query(self._query)
+        params = self._params
         json_body, body_error = None, None
         content_type = self.content_type()
         if content_type == "application/x-www-form-urlencoded":

@@ -105,8 +105,10 @@ class BroadcastGate:
         if hidden_app:
             segments[1] = " " + segments[1]  # Asterisk trims app names: never registered
         params = [(name, unset_reserved(name, value)) for name, value in call.params]
-        target = "/" + "/".join(quote(s, safe="") for s in segments)
-        return (target + ("?" + urlencode(params) if params else "")).encode("latin-1")
+        # Undecodable bytes were kept as surrogates (ari_request): back to the same bytes.
+        target = "/" + "/".join(quote(s, safe="", errors="surrogateescape") for s in segments)
+        query = urlencode(params, errors="surrogateescape")
+        return (target + ("?" + query if params else "")).encode("latin-1")
 
     def follows(self, call: AriCall) -> bool:
         """Whether Asterisk's answer to this forwarded request matters to the gate."""

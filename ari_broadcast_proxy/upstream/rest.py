@@ -78,7 +78,9 @@ class UpstreamRest:
         or (`as_proxy=False`) with only the client's `authorization`, if any; `json`, an
         encoded JSON document, goes as the body."""
         target = (
-            "/" + quote(path.lstrip("/"), safe="/") + ("?" + urlencode(params) if params else "")
+            "/"
+            + quote(path.lstrip("/"), safe="/", errors="surrogateescape")
+            + ("?" + urlencode(params, errors="surrogateescape") if params else "")
         )
         if as_proxy:
             authorization = self._authorization

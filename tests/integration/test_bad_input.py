@@ -235,6 +235,30 @@ async def test_pipelined_requests_from_a_client_that_left_log_no_error(proxy: Pr
     assert "Exception in ASGI application" not in proxy.log()[start:]
 
 
+@pytest.mark.parametrize(
+    ("case", "answer"),
+    [
+        # The read goes on as a read of a variable nobody can set: its other parameters
+        # re-encoded, an undecodable byte included.
+        (
+            Case("", "GET", "/ari/asterisk/variable?variable=ARI_BROADCAST_APP&x=%FF", 200),
+            {"value": ""},
+        ),
+        # The credential check sends the client's api_key on to Asterisk.
+        (
+            Case("", "POST", "/ari/events/claim?channelId=n&application=a&api_key=u:%FF", 404),
+            {"message": "Channel not found or not in broadcast state"},
+        ),
+    ],
+    ids=["reserved-read", "claim-api-key"],
+)
+async def test_bytes_that_are_not_utf8_go_on_unchanged(
+    proxy: ProxyProcess, case: Case, answer: dict[str, str]
+) -> None:
+    status, _, body = await raw_request(proxy.port, case)
+    assert (status, json.loads(body)) == (case.status, answer)
+
+
 async def test_not_an_open_proxy(proxy: ProxyProcess) -> None:
     """An absolute-form request target still goes to the configured Asterisk only."""
     status, _, body = await raw_request(
