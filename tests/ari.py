@@ -249,3 +249,38 @@ def claim_frame(channel_id: str, app: str) -> str:
             "uri": f"events/claim?channelId={channel_id}&application={app}",
         }
     )
+
+
+async def send_claim(
+    http: httpx.AsyncClient, socket: ClientConnection, channel_id: str, app: str, *, ws: bool
+) -> int | None:
+    """Claim for `app`: over its events socket (`ws`; None here, the RESTResponse brings the
+    status) or over HTTP (the status; 0 for no answer at all)."""
+    if ws:
+        await socket.send(claim_frame(channel_id, app))
+        return None
+    try:
+        response = await http.post(
+            "events/claim", params={"channelId": channel_id, "application": app}
+        )
+    except httpx.HTTPError:
+        return 0
+    return response.status_code
+
+
+class Tasks:
+    """The tasks a test spawns; `cancel_all` leaves nothing running on the session's event
+    loop for the tests after it."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def cancel_all(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

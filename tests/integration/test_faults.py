@@ -14,13 +14,14 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from ..ari import SANDBOX, Ari, Asterisk, events, start_asterisk, stop_asterisk, token
+from ..ari import SANDBOX, Ari, Asterisk, Events, events, start_asterisk, stop_asterisk, token
 from ..conftest import ProxyProcess
 
 FAULT_APP = "faultcast"  # a broadcast application of its own, beside the session's proxy
@@ -47,6 +48,26 @@ async def broadcast_call(ari: Ari, data: str) -> str:
         variables={"__BCAST_DATA": data, "__BCAST_TOKEN": tag, "__ARI_BROADCAST_APP": FAULT_APP},
     )
     return tag
+
+
+async def win_and_let_go(
+    proxy: ProxyProcess, ari: Ari, client: Events, offer: dict[str, Any], app: str, tag: str
+) -> None:
+    """Claim the offered call for `app` through `proxy` (204), wait for its StasisStart, let
+    it go with `continue`; the dialplan must see SUCCESS (scenarios.win_and_let_go, for a
+    call placed with broadcast_call)."""
+    channel_id = offer["channel"]["id"]
+    proxied = Ari(proxy.base)
+    try:
+        won = await proxied.http.post(
+            "events/claim", params={"channelId": channel_id, "application": app}
+        )
+        assert won.status_code == 204
+        await client.wait_for("StasisStart")
+        await proxied.http.post(f"channels/{channel_id}/continue")
+    finally:
+        await proxied.aclose()
+    assert await ari.wait_global(f"BCAST_RESULT_{tag}") == "SUCCESS"
 
 
 async def readyz(base: str) -> int:
@@ -321,19 +342,7 @@ async def test_the_broadcast_application_taken_by_another_client_comes_back_when
         async with events(proxy.base, "after-takeback") as client:
             tag = await broadcast_call(ari, "5000")
             offer = await client.wait_for("CallBroadcast")
-            proxied = Ari(proxy.base)
-            try:
-                channel_id = offer["channel"]["id"]
-                won = await proxied.http.post(
-                    "events/claim",
-                    params={"channelId": channel_id, "application": "after-takeback"},
-                )
-                assert won.status_code == 204
-                await client.wait_for("StasisStart")
-                await proxied.http.post(f"channels/{channel_id}/continue")
-            finally:
-                await proxied.aclose()
-            assert await ari.wait_global(f"BCAST_RESULT_{tag}") == "SUCCESS"
+            await win_and_let_go(proxy, ari, client, offer, "after-takeback", tag)
     finally:
         proxy.stop()
 
@@ -427,18 +436,7 @@ async def test_an_application_leaving_mid_broadcast_does_not_disturb_the_race(
                 tag = await broadcast_call(ari, "5000")
                 offer = await leaver.wait_for("CallBroadcast")
             await stayer.wait_for("CallBroadcast")
-            proxied = Ari(proxy.base)
-            try:
-                channel_id = offer["channel"]["id"]
-                won = await proxied.http.post(
-                    "events/claim", params={"channelId": channel_id, "application": "stayer"}
-                )
-                assert won.status_code == 204
-                await stayer.wait_for("StasisStart")
-                await proxied.http.post(f"channels/{channel_id}/continue")
-            finally:
-                await proxied.aclose()
-            assert await ari.wait_global(f"BCAST_RESULT_{tag}") == "SUCCESS"
+            await win_and_let_go(proxy, ari, stayer, offer, "stayer", tag)
     finally:
         proxy.stop()
 

@@ -26,7 +26,7 @@ import httpx
 import orjson
 import pytest
 
-from ..ari import PASSWORD, ROOT, USER, Ari, Asterisk, claim_frame, events, free_port
+from ..ari import PASSWORD, ROOT, USER, Ari, Asterisk, Tasks, events, free_port, send_claim
 from ..conftest import ProxyProcess
 
 CALLS = int(os.environ.get("SIP_CALLS", "300"))
@@ -102,12 +102,6 @@ def lookup_hint(asterisk: Asterisk, log_start: int) -> str:
     )
 
 
-async def cancel_all(tasks: set[asyncio.Task[Any]]) -> None:
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
-
 @pytest.mark.timeout(120 + int(SIPP_TIMEOUT))
 async def test_sip_callers_race(
     asterisk: Asterisk, ari: Ari, proxy: ProxyProcess, tmp_path: Path
@@ -141,13 +135,9 @@ async def test_sip_callers_race(
             ) as http,
         ):
             sockets = [await stack.enter_async_context(events(proxy.base, app)) for app in APPS]
-            tasks: set[asyncio.Task[Any]] = set()
-            stack.push_async_callback(cancel_all, tasks)  # runs first: sockets are still open
-
-            def spawn(coroutine: Any) -> None:
-                task = asyncio.create_task(coroutine)
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+            tasks = Tasks()
+            stack.push_async_callback(tasks.cancel_all)  # runs first: sockets are still open
+            spawn = tasks.spawn
 
             async def record(done: Any) -> None:
                 async with progress:
@@ -155,17 +145,9 @@ async def test_sip_callers_race(
                     progress.notify_all()
 
             async def claim(channel_id: str, app: str, socket: Any) -> None:
-                if app in WS_CLAIMERS:
-                    await socket.send(claim_frame(channel_id, app))
-                    return
-                try:
-                    response = await http.post(
-                        "events/claim", params={"channelId": channel_id, "application": app}
-                    )
-                    status = response.status_code
-                except httpx.HTTPError:
-                    status = 0  # no answer at all: fails the run below
-                await record(lambda: claims[channel_id].append((app, status)))
+                status = await send_claim(http, socket, channel_id, app, ws=app in WS_CLAIMERS)
+                if status is not None:  # 0: no answer at all, fails the run below
+                    await record(lambda: claims[channel_id].append((app, status)))
 
             async def release(channel_id: str) -> None:
                 await asyncio.sleep(HOLD)

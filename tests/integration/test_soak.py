@@ -20,7 +20,7 @@ import orjson
 import psutil
 import pytest
 
-from ..ari import PASSWORD, USER, Ari, Asterisk, claim_frame, events, token
+from ..ari import PASSWORD, USER, Ari, Asterisk, Tasks, events, send_claim, token
 from ..conftest import ProxyProcess
 
 CALLS = int(os.environ.get("SOAK_CALLS", "10000"))
@@ -29,13 +29,6 @@ IN_FLIGHT = int(os.environ.get("SOAK_IN_FLIGHT", "40"))
 CALL_DEADLINE = 30.0  # originate -> the winner's continue answered
 APPS = [f"soak-{i}" for i in range(10)]
 WS_CLAIMERS = set(APPS[::2])
-
-
-async def cancel_all(tasks: set[asyncio.Task[Any]]) -> None:
-    """Leave nothing running on the session's event loop for the tests after this one."""
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @pytest.mark.timeout(600 + CALLS // 4)  # the calls at 4/s at worst, aiming at 40/s
@@ -60,27 +53,16 @@ async def test_soak(asterisk: Asterisk, ari: Ari, proxy: ProxyProcess) -> None:
         ):
             sockets = [await stack.enter_async_context(events(proxy.base, app)) for app in APPS]
             await asyncio.sleep(0.2)
-            tasks: set[asyncio.Task[Any]] = set()
-            stack.push_async_callback(cancel_all, tasks)  # runs first: sockets are still open
-
-            def spawn(coroutine: Any) -> None:
-                task = asyncio.create_task(coroutine)
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+            tasks = Tasks()
+            stack.push_async_callback(tasks.cancel_all)  # runs first: sockets are still open
+            spawn = tasks.spawn
 
             async def claim(channel_id: str, app: str, socket: Any) -> None:
-                if app in WS_CLAIMERS:  # half the apps claim over REST-over-WebSocket
-                    await socket.send(claim_frame(channel_id, app))
-                    return
-                try:
-                    response = await http.post(
-                        "events/claim", params={"channelId": channel_id, "application": app}
-                    )
-                except httpx.HTTPError:
-                    claims[channel_id].append(0)  # no answer at all: fails the run below
-                else:
-                    claims[channel_id].append(response.status_code)
-                answered[app] += 1
+                # Half the apps claim over REST-over-WebSocket; 0: no answer, fails the run.
+                status = await send_claim(http, socket, channel_id, app, ws=app in WS_CLAIMERS)
+                if status is not None:
+                    claims[channel_id].append(status)
+                    answered[app] += 1
 
             async def release(channel_id: str) -> None:
                 response = await http.post(f"channels/{channel_id}/continue")
