@@ -180,8 +180,14 @@ class Supervisor:
         try:
             async with asyncio.timeout(self._config.upstream_timeout):
                 cleared = await self._guard.enforce()
-        except (ProxyError, TimeoutError) as exc:
-            log.warning("could not check the broadcast application on Asterisk: %s", exc)
+        except ProxyError as exc:
+            log.warning("could not check the broadcast application on Asterisk: %s", exc.message)
+            return
+        except TimeoutError:  # its message is empty
+            log.warning(
+                "could not check the broadcast application on Asterisk: no answer in %g s",
+                self._config.upstream_timeout,
+            )
             return
         if cleared:
             log.warning(
