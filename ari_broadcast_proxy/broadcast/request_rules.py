@@ -23,11 +23,11 @@ import orjson
 from ..ari_request import AriCall
 from ..errors import ProxyError, Reserved
 from .dialplan import separate_args
+from .presentation import INTERNAL_VARIABLE_PREFIX
 
 __all__ = [
     "APP_NOT_FOUND",
     "NOT_IN_STASIS",
-    "RESERVED_VARIABLE_PREFIX",
     "UNSET_VARIABLE",
     "VARIABLE_NOT_FOUND",
     "RequestRules",
@@ -39,7 +39,6 @@ __all__ = [
 NOT_IN_STASIS = "Channel not in Stasis application"  # Asterisk's message for both codes
 APP_NOT_FOUND = "Application not found"
 VARIABLE_NOT_FOUND = "Provided variable was not found"
-RESERVED_VARIABLE_PREFIX = "ARI_BROADCAST_"
 # A name no client can set (writes of the prefix are refused) and the proxy never sets: a
 # read of a reserved variable is sent to Asterisk as a read of this one, so the client gets
 # Asterisk's own answer for a variable that does not exist.
@@ -74,7 +73,7 @@ _BRIDGE_CHANNEL_PATH = "videoSource"
 
 
 def hides_variable(name: str) -> bool:
-    return RESERVED_VARIABLE_PREFIX in name.upper()
+    return INTERNAL_VARIABLE_PREFIX in name.upper()
 
 
 def unset_reserved(name: str, value: str) -> str:
