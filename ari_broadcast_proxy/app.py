@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -15,6 +16,7 @@ from starlette.websockets import WebSocket
 
 from .auth import WriteAccess
 from .broadcast.claims import ClaimService
+from .broadcast.clock import LoopClock
 from .broadcast.controller import BroadcastController
 from .broadcast.gate import BroadcastGate
 from .broadcast.handover import ChannelGateway
@@ -28,6 +30,9 @@ from .passthrough import Passthrough
 from .registry import AppRegistry
 from .sessions import SessionManager
 from .upstream.rest import UpstreamRest
+
+if TYPE_CHECKING:
+    from .cluster.replica import Replica
 
 __all__ = ["Proxy", "ProxyApp", "create_app"]
 
@@ -51,6 +56,20 @@ class Proxy:
             self.presenter,
             self.metrics,
         )
+        self.replica: Replica | None = None
+        if config.cluster_url is not None:
+            from .cluster.replica import Replica
+            from .cluster.store import SharedStore
+
+            store = SharedStore(config.cluster_url, config.cluster_scope, config.replica_id)
+            self.replica = Replica(self.controller, store, self.registry, self.metrics, LoopClock())
+            self.metrics.gauge(
+                "ari_proxy_cluster_operations",
+                "Round trips to Redis (claims, offers, verdicts, leases, announcements)",
+                lambda: store.operations,
+            )
+        else:
+            self.metrics.leader.set(1)
         self.access = WriteAccess(self.rest)
         self.rules = RequestRules(config.broadcast_app, self.controller.is_locked)
         self.claims = ClaimService(self.controller, self.access, self.metrics)
@@ -112,15 +131,16 @@ class Proxy:
 
     async def readyz(self, _request: Request) -> Response:
         ready = self.controller.ready and not self._drained
-        return JSONResponse(
-            {
-                "ready": ready,
-                "broadcast_app": self.config.broadcast_app,
-                "connected_applications": len(self.registry),
-                "broadcasts_in_flight": len(self.controller.core),
-            },
-            status_code=200 if ready else 503,
-        )
+        body = {
+            "ready": ready,
+            "broadcast_app": self.config.broadcast_app,
+            "connected_applications": len(self.registry),
+            "broadcasts_in_flight": len(self.controller.core),
+        }
+        if self.replica is not None:
+            body["replica"] = self.replica.name
+            body["leader"] = self.replica.leading
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics_endpoint(self, _request: Request) -> Response:
         return Response(self.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import re
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,6 +36,14 @@ class Config:
     handover_transport: str = "auto"  # or "http": never REST over the broadcast socket
     log_level: str = "info"
     log_json: bool = False
+    cluster_url: str | None = None  # redis://… or rediss://…: run as one of several replicas
+    replica_id: str = ""
+
+    @property
+    def cluster_scope(self) -> str:
+        """What the replicas' shared keys are named after: one Asterisk (its address) and
+        one broadcast application; replicas of one Asterisk must reach it at one URL."""
+        return f"{httpx.URL(self.upstream).netloc.decode()}/{self.broadcast_app}"
 
     @property
     def upstream_ari(self) -> str:
@@ -111,6 +121,16 @@ class Config:
         if handover_transport not in ("auto", "http"):
             raise ConfigError("--handover-transport", f"auto or http, not {handover_transport!r}")
         log_json = values.get("log_json")
+        cluster_url = values.get("cluster_url") or None
+        if cluster_url is not None:
+            scheme = str(cluster_url).partition("://")[0]
+            if scheme not in ("redis", "rediss", "unix"):
+                raise ConfigError(
+                    "--cluster-url", f"expected redis://, rediss:// or unix://, got {cluster_url!r}"
+                )
+        replica_id = text("replica_id", f"{socket.gethostname()}-{os.getpid()}")
+        if not _APP_NAME.match(replica_id):
+            raise ConfigError("--replica-id", f"letters, digits, _ . - only: {replica_id!r}")
         return cls(
             upstream=upstream,
             username=text("username"),
@@ -125,6 +145,8 @@ class Config:
             handover_transport=handover_transport,
             log_level=log_level,
             log_json=log_json in (True, "1", "true", "yes", "on"),
+            cluster_url=None if cluster_url is None else str(cluster_url),
+            replica_id=replica_id,
         )
 
 
@@ -170,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
             "(default auto)"
         ),
     )
+    add(
+        "--cluster-url",
+        help=(
+            "redis://[user:password@]host:port/db (rediss:// for TLS): run as one of several "
+            "replicas of this proxy sharing their calls through Redis or Valkey (default: "
+            "one process, no Redis)"
+        ),
+    )
+    add("--replica-id", help="this replica's name in the cluster (default HOSTNAME-PID)")
     add("--log-level", help="debug, info, warning or error (default info)")
     add(
         "--log-json",

@@ -4,8 +4,9 @@ are the events sessions' own: sessions.py).
 ProxyError                     status, message: a refusal the proxy itself makes
 ├── BadRequest                 400
 ├── Reserved                   403 (the proxy's own application or variables)
-└── UpstreamError              502 (Asterisk unreachable, refused or malformed answer)
-    └── UpstreamTimeout        504
+├── UpstreamError              502 (Asterisk unreachable, refused or malformed answer)
+│   └── UpstreamTimeout        504
+└── ClusterUnavailable         503 (replicas: Redis cannot be reached, no verdict is taken)
 ConfigError                    startup: a bad setting (exit status 2), never an HTTP answer
 """
 
@@ -16,6 +17,7 @@ from starlette.responses import Response
 
 __all__ = [
     "BadRequest",
+    "ClusterUnavailable",
     "ConfigError",
     "ProxyError",
     "Reserved",
@@ -59,6 +61,13 @@ class UpstreamError(ProxyError):
 
 class UpstreamTimeout(UpstreamError):
     status = 504
+
+
+class ClusterUnavailable(ProxyError):
+    status = 503
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"The broadcast cluster's store cannot be reached: {why}")
 
 
 class ConfigError(Exception):

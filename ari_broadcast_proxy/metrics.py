@@ -66,6 +66,12 @@ class Metrics:
             "Times another client registered the broadcast application on Asterisk",
             registry=r,
         )
+        self.leader = Gauge(
+            "ari_proxy_broadcast_leader",
+            "1 while this replica leads (holds the broadcast application); a proxy without "
+            "--cluster-url always leads",
+            registry=r,
+        )
         self.upstream_errors = Counter(
             "ari_proxy_upstream_errors",
             "Upstream calls that failed: unreachable (502) or timeout (504)",

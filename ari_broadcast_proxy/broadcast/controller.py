@@ -6,6 +6,10 @@ own socket and readiness), the executor (carrying out the core's commands) and r
 socket into core inputs (a StasisStart into an offer), answers claims, and tracks the
 winner's session in the frames sent downstream (`observe_upstream_frame`) so broadcast
 channels read as native's.
+
+With replicas (`attach` a `cluster.replica.Replica`), the replica decides when the
+supervisor runs (while it leads), records each offer in Redis before it is made, and takes
+claims to Redis; the core here then mirrors what Redis decided.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import contextlib
 import logging
 import random
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -33,6 +37,9 @@ from .ownership import AppGuard
 from .presentation import InvocationError, Presenter, asterisk_timestamp, parse_invocation
 from .recovery import Recovery
 from .supervisor import OpenEventsSocket, Supervisor
+
+if TYPE_CHECKING:
+    from ..cluster.replica import Replica
 
 __all__ = ["BroadcastController", "Offer"]
 
@@ -56,7 +63,7 @@ class BroadcastController:
         rng: random.Random | None = None,
     ) -> None:
         self._config = config
-        self._gateway = gateway
+        self.gateway = gateway
         self.presenter = presenter
         self._metrics = metrics
         self._clock = clock or LoopClock()
@@ -69,7 +76,7 @@ class BroadcastController:
             gateway,
             metrics,
             self._clock,
-            self._on_event,
+            self.on_event,
             self._while_connected,
         )
         self.recovery = Recovery(
@@ -82,25 +89,49 @@ class BroadcastController:
             lambda: self.supervisor.ready,
         )
         self._runner: asyncio.Task[None] | None = None
+        self._replica: Replica | None = None
         self.asterisk_id: str | None = None
+
+    def attach(self, replica: Replica) -> None:
+        """Run as one of several replicas sharing their broadcasts through Redis."""
+        self._replica = replica
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     @property
     def ready(self) -> bool:
+        if self._replica is not None:
+            return self._replica.ready
         return self.supervisor.ready
 
     def start(self) -> None:
-        self._runner = asyncio.create_task(self.supervisor.run(), name="broadcast-app")
+        if self._replica is not None:
+            self._replica.start()  # it calls lead() while it holds the lease
+        else:
+            self.lead()
 
-    async def stop(self, timeout: float = 5.0) -> None:
-        """Ordered: stop taking calls, send every call still on offer back to the dialplan
-        (TIMEOUT), wait (bounded) for hand-overs and returns in flight, cancel the rest."""
+    def lead(self) -> None:
+        """Hold the broadcast application's socket (and with it, every call's fate)."""
+        if self._runner is None:
+            self._runner = asyncio.create_task(self.supervisor.run(), name="broadcast-app")
+
+    async def follow(self) -> None:
+        """Let the broadcast application's socket go (another replica leads)."""
         if self._runner is not None:
             self._runner.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
             self._runner = None
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Ordered: stop taking calls, send every call still on offer back to the dialplan
+        (TIMEOUT), wait (bounded) for hand-overs and returns in flight, cancel the rest. A
+        replica that hands its leadership to another sends nothing back: the calls on offer
+        go on under the new leader."""
+        if self._replica is not None and await self._replica.stop():
+            await self.executor.stop(timeout)
+            return
+        await self.follow()
         drained = self.core.drain()
         if returned := sum(isinstance(c, ResumeDialplan) for c in drained):
             log.info("shutting down: returning %d call(s) on offer to the dialplan", returned)
@@ -108,11 +139,13 @@ class BroadcastController:
         await self.executor.stop(timeout)
 
     async def _while_connected(self) -> None:
+        if self._replica is not None:
+            await self._replica.taken_over()
         await self.recovery.run()
 
     # -- the broadcast application's events ---------------------------------------------------
 
-    def _on_event(self, event: dict[str, Any]) -> None:
+    def on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         channel_id = (event.get("channel") or {}).get("id", "")
         try:
@@ -120,10 +153,10 @@ class BroadcastController:
                 self.asterisk_id = event.get("asterisk_id", self.asterisk_id)
                 self._on_stasis_start(event)
             elif kind == "StasisEnd":
-                self._feed(self.core.channel_left(channel_id, self._clock.now()))
+                self._after_offer(channel_id, self._channel_left, channel_id)
             elif kind == "ApplicationMoveFailed":
                 destination = str(event.get("destination", ""))
-                self._feed(self.core.move_failed(channel_id, destination, self._clock.now()))
+                self._after_offer(channel_id, self._move_failed, channel_id, destination)
         except Exception:
             # A bug must cost one call at most, never the broadcast application's socket.
             log.exception("channel %s: %s could not be handled", channel_id, kind)
@@ -132,6 +165,19 @@ class BroadcastController:
 
     def _feed(self, commands: list[Command]) -> None:
         self.executor.execute(commands)
+
+    def _after_offer(self, channel_id: str, handle: Any, *args: Any) -> None:
+        """Handle an event once the channel's offer is open (a replica records it first)."""
+        if self._replica is not None:
+            self._replica.after_offer(channel_id, handle, *args)
+        else:
+            handle(*args)
+
+    def _channel_left(self, channel_id: str) -> None:
+        self._feed(self.core.channel_left(channel_id, self._clock.now()))
+
+    def _move_failed(self, channel_id: str, destination: str) -> None:
+        self._feed(self.core.move_failed(channel_id, destination, self._clock.now()))
 
     def _on_stasis_start(self, event: dict[str, Any]) -> None:
         started = time.perf_counter()
@@ -156,7 +202,6 @@ class BroadcastController:
         for warning in (*options.warnings, *filter_warnings):
             log_channel(logging.WARNING, channel_id, "%s", warning)
         recipients = self.executor.recipients(channel_id, app_filter)
-        self.presenter.remember(channel_id, invocation)
         offer = Offer(
             invocation=invocation,
             options=options,
@@ -165,6 +210,22 @@ class BroadcastController:
             asterisk_id=event.get("asterisk_id"),
             timestamp=event.get("timestamp") or asterisk_timestamp(),
         )
+        if self._replica is not None:
+            self._replica.record_offer(channel_id, offer, recipients, started)
+        else:
+            self.open_offer(channel_id, offer, recipients, started)
+
+    def open_offer(
+        self,
+        channel_id: str,
+        offer: Offer,
+        recipients: list[str],
+        started: float,
+        deadline: float | None = None,
+    ) -> None:
+        """Offer the channel (a replica: once Redis has the record, until `deadline`)."""
+        options = offer.options
+        self.presenter.remember(channel_id, offer.invocation)
         commands = self.core.offer(
             channel_id,
             offer,
@@ -172,9 +233,10 @@ class BroadcastController:
             options.timeout_ms,
             options.notify_claimed,
             self._clock.now(),
+            deadline,
         )
-        if invocation.form == "direct":
-            self.executor.spawn(self._gateway.preset_status(channel_id), f"preset-{channel_id}")
+        if offer.invocation.form == "direct":
+            self.executor.spawn(self.gateway.preset_status(channel_id), f"preset-{channel_id}")
         self._feed(commands)
         # The rest waits until the sockets' writers have sent the CallBroadcast frames.
         self._clock.call_soon(
@@ -194,12 +256,21 @@ class BroadcastController:
     # -- claims -------------------------------------------------------------------------------
 
     async def claim(self, channel_id: str, app: str) -> ClaimOutcome | None:
-        """Decide a claim; None means the channel is not the proxy's (Asterisk answers)."""
+        """Decide a claim; None means the channel is not the proxy's (Asterisk answers).
+        A replica has Redis decide (ClusterUnavailable: 503 when it cannot be reached)."""
         now = self._clock.now()
-        if not self.core.knows(channel_id, now):
-            return None
         broadcast = self.core.get(channel_id)
-        outcome, commands = self.core.claim(channel_id, app, now)
+        if self._replica is not None:
+            decided = await self._replica.claim(channel_id, app)
+            if decided is None:
+                return None
+            outcome, commands = decided, []
+            if outcome is ClaimOutcome.WON:  # this replica's mirror follows Redis
+                commands = self.core.claim(channel_id, app, self._clock.now())[1]
+        elif not self.core.knows(channel_id, now):
+            return None
+        else:
+            outcome, commands = self.core.claim(channel_id, app, now)
         if commands:
             await self.executor.carry_out(commands)
         if outcome is ClaimOutcome.WON and broadcast is not None:
@@ -213,7 +284,13 @@ class BroadcastController:
         """Asterisk accepted a `continue` or hangup of the channel through the proxy: if it
         was the winner's, its session is over, as native answers claims from then on (404);
         the StasisEnd that says so can still be on its way when the next claim arrives."""
-        self._feed(self.core.session_ended(channel_id, self._clock.now()))
+        self._session_ended(channel_id)
+
+    def _session_ended(self, channel_id: str) -> None:
+        commands = self.core.session_ended(channel_id, self._clock.now())
+        if commands and self._replica is not None:
+            self._replica.released(channel_id)
+        self._feed(commands)
 
     def in_session(self, channel_id: str) -> bool:
         """True while the winner controls the channel (until it lets go)."""
@@ -227,14 +304,17 @@ class BroadcastController:
 
     def observe_upstream_frame(self, text: str) -> str | None:
         """Present a frame from Asterisk as native would; track the winner's session."""
-        if not (self.core.claimed_count and ('"StasisStart"' in text or '"StasisEnd"' in text)):
+        # A replica also watches calls on offer: the winner's StasisStart can come before
+        # word of its claim (core.session_started).
+        watched = len(self.core) if self._replica is not None else self.core.claimed_count
+        if not (watched and ('"StasisStart"' in text or '"StasisEnd"' in text)):
             return self.presenter.frame(text)
         event = orjson.loads(text)  # parsed once, for both
         ended = self._track_session(event)
         out = self.presenter.frame(text, event)
         if ended is not None:
             # After the StasisEnd itself was presented.
-            self._feed(self.core.session_ended(ended, self._clock.now()))
+            self._session_ended(ended)
         return out
 
     def _track_session(self, event: Any) -> str | None:
@@ -244,7 +324,11 @@ class BroadcastController:
             return None
         channel_id = channel.get("id", "")
         if event.get("type") == "StasisStart":
-            self._feed(self.core.session_started(channel_id, event.get("application", "")))
+            app = event.get("application", "")
+            commands = self.core.session_started(channel_id, app, self._clock.now())
+            if commands and self._replica is not None:
+                self._replica.session_started(channel_id, app)
+            self._feed(commands)
         elif event.get("type") == "StasisEnd" and self.core.in_session(channel_id):
             return str(channel_id)
         return None

@@ -20,14 +20,18 @@ withdraws it. One `Broadcast` record per channel id, in one of these states:
                        The watchdog fires: CHECKING.
     CHECKING           asking whether the channel never left: parked: FAILED; otherwise the
                        winner never received it (gone?): ended.
+    RELOCATING         (replicas) this replica took over a claim another wrote: asking
+                       Asterisk where the channel is; parked: HANDING_OVER (the hand-over is
+                       written now); elsewhere or unknown: AWAITING_SESSION; gone: ended.
     IN_SESSION         the winner controls the channel; claims get 409 until its session
                        ends (StasisEnd, an accepted `continue`/hangup, or a sweep finding
                        the channel gone).
 
 Inputs: `offer`, `claim`, `timer_fired` (`expire` for the DEADLINE), `channel_left`,
 `handover_answered`, `located`, `move_failed`, `handover_failed`, `session_started`,
-`session_ended`, `channel_gone`, `drain`; queries: `knows`, `in_session`, `is_locked`,
-`claimed`, `orphans`. Commands: see `Command`.
+`session_ended`, `channel_gone`, `drain`, and for replicas `dismiss` (another replica ended
+the broadcast) and `taken_over` (this replica now carries the claims); queries: `knows`,
+`in_session`, `is_locked`, `claimed`, `orphans`. Commands: see `Command`.
 
 Timers (`TimerKind`): DEADLINE (the offer's timeout), WATCHDOG (HANDOVER_WATCHDOG s for the
 winner's StasisStart), GRACE (RELEASE_GRACE s during which an ended broadcast's snapshots
@@ -101,6 +105,7 @@ class State(enum.Enum):
     AWAITING_SESSION = "awaiting session"
     CHECKING = "checking"
     IN_SESSION = "in session"
+    RELOCATING = "relocating"
 
 
 _CLAIMED = frozenset(State) - {State.OFFERED}
@@ -331,8 +336,10 @@ class BroadcastCore(Generic[C]):
         timeout_ms: int,
         notify_claimed: bool,
         now: float,
+        deadline: float | None = None,
     ) -> list[Command]:
-        """A channel entered the broadcast application: offer it to `recipients`.
+        """A channel entered the broadcast application: offer it to `recipients`, until
+        `deadline` if given (a replica mirroring another's offer), else `timeout_ms` from now.
 
         A channel still claimed from an earlier broadcast is replaced: re-entering the
         broadcast application proves the winner's session ended (failover in the dialplan).
@@ -356,7 +363,7 @@ class BroadcastCore(Generic[C]):
             recipients=frozenset(apps),
             notify_claimed=notify_claimed,
             offered_at=now,
-            deadline=now + max(timeout_ms, 0) / 1000,
+            deadline=now + max(timeout_ms, 0) / 1000 if deadline is None else deadline,
         )
         self._broadcasts[channel_id] = broadcast
         # The timer first: should the fan-out fail, the call still times out (never strands).
@@ -448,6 +455,18 @@ class BroadcastCore(Generic[C]):
                 return self._accepted(broadcast, now)
             gone = location is Location.GONE
             return self._failed(broadcast, broadcast.why, gone, now)
+        if broadcast.state is State.RELOCATING:
+            if location is Location.PARKED:
+                broadcast.state = State.HANDING_OVER
+                assert broadcast.winner is not None
+                return [HandOver(broadcast, broadcast.winner)]
+            if location is Location.GONE:
+                detail = "the channel was gone when this replica took the claim over"
+                return [
+                    Report(broadcast.channel_id, Outcome.FAILED, detail),
+                    *self._end(broadcast, now),
+                ]
+            return self._accepted(broadcast, now)
         if broadcast.state is State.CHECKING:
             if location is Location.PARKED:
                 return self._failed(broadcast, "the channel never left", False, now)
@@ -474,12 +493,21 @@ class BroadcastCore(Generic[C]):
             raise IllegalTransition(f"channel {channel_id}: expected claimed, found {found}")
         return self._failed(broadcast, "", channel_gone, now)
 
-    def session_started(self, channel_id: str, app: str) -> list[Command]:
-        """A StasisStart seen downstream: the winner's first one means it has the channel."""
+    def session_started(self, channel_id: str, app: str, now: float = 0.0) -> list[Command]:
+        """A StasisStart seen downstream: the winner's first one means it has the channel.
+        On a replica, it can come before word of the claim that another replica answered
+        (Asterisk moved the channel only because that claim won): the claim is taken as
+        made, its hand-over as done."""
         broadcast = self._broadcasts.get(channel_id)
+        commands: list[Command] = []
+        if broadcast is not None and broadcast.state is State.OFFERED:
+            if app not in broadcast.recipients:
+                return []
+            claimed = self.claim(channel_id, app, now)[1]
+            commands += [c for c in claimed if not isinstance(c, HandOver)]
         if broadcast is None or broadcast.state not in _HANDING or broadcast.winner != app:
             return []
-        commands: list[Command] = [Report(channel_id, Outcome.CLAIMED, app)]
+        commands.append(Report(channel_id, Outcome.CLAIMED, app))
         if broadcast.state is State.AWAITING_SESSION:
             commands.append(CancelTimer(channel_id, TimerKind.WATCHDOG))
         broadcast.state = State.IN_SESSION
@@ -501,6 +529,22 @@ class BroadcastCore(Generic[C]):
         if broadcast.state is State.OFFERED:
             return []
         return self._end(broadcast, now)
+
+    def dismiss(self, channel_id: str, now: float) -> list[Command]:
+        """Another replica ended the broadcast (its verdict, or the winner let go): this
+        replica's mirror of it ends too, whatever its state."""
+        broadcast = self._broadcasts.get(channel_id)
+        return [] if broadcast is None else self._end(broadcast, now)
+
+    def taken_over(self) -> list[Command]:
+        """This replica now leads: claims whose hand-over another replica may or may not
+        have written are located first (parked: hand over now; elsewhere: taken)."""
+        commands: list[Command] = []
+        for broadcast in self._broadcasts.values():
+            if broadcast.state in (State.HANDING_OVER, State.CONFIRMING, State.CHECKING):
+                broadcast.state = State.RELOCATING
+                commands.append(LocateChannel(broadcast, ask_exists=True))
+        return commands
 
     def drain(self) -> list[Command]:
         """Shutdown: every channel still on offer goes back to the dialplan (TIMEOUT)."""

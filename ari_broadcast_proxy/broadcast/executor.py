@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ProxyError
 from ..metrics import Metrics
-from ..registry import AppRegistry
+from ..registry import AppRegistry, Audience
 from .app_filter import AppFilter
 from .clock import Clock, TimerHandle
 from .core import (
@@ -76,13 +76,20 @@ class Executor:
     ) -> None:
         self.core = core
         self._gateway = gateway
-        self._registry = registry
+        self._registry = registry  # this proxy's sockets, for the fan-out
         self._presenter = presenter
         self._metrics = metrics
         self._clock = clock
         self._timers: dict[tuple[TimerKind, str], TimerHandle] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self.returning: set[str] = set()  # channels with a return to the dialplan in flight
+        # Replicas (cluster.replica) replace these three: who may be offered a call (every
+        # replica's applications), whether this replica may act on Asterisk (it leads), and
+        # who takes a deadline's verdict (Redis).
+        self.audience: Audience = registry
+        self.acting: Callable[[], bool] = lambda: True
+        self.on_deadline: Callable[[str], None] | None = None
+        self.on_end: Callable[[str, Outcome], None] | None = None
 
     # -- tasks and timers ---------------------------------------------------------------------
 
@@ -109,6 +116,9 @@ class Executor:
 
     def _fire(self, kind: TimerKind, channel_id: str) -> None:
         self._timers.pop((kind, channel_id), None)
+        if kind is TimerKind.DEADLINE and self.on_deadline is not None:
+            self.on_deadline(channel_id)
+            return
         self.execute(self.core.timer_fired(kind, channel_id, self._clock.now()))
 
     # -- commands -----------------------------------------------------------------------------
@@ -117,6 +127,8 @@ class Executor:
         """Inside a claim: the hand-over is written before the claim is answered, and
         before whatever follows it (CallClaimed)."""
         for command in commands:
+            if isinstance(command, _ACTIONS) and not self.acting():
+                continue
             if isinstance(command, HandOver):
                 await self._start_hand_over(command.broadcast, command.winner)
             else:
@@ -124,6 +136,8 @@ class Executor:
 
     def execute(self, commands: list[Command]) -> None:
         for command in commands:
+            if isinstance(command, _ACTIONS) and not self.acting():
+                continue  # another replica leads: it acts on Asterisk
             if isinstance(command, HandOver):
                 self.spawn(
                     self._start_hand_over(command.broadcast, command.winner),
@@ -183,6 +197,8 @@ class Executor:
             self._clock.call_soon(self._handed_over, report.channel_id, report.detail)
             return
         self._metrics.outcomes.labels(report.outcome.value).inc()
+        if self.on_end is not None and report.outcome is not Outcome.TIMEOUT:
+            self.on_end(report.channel_id, report.outcome)  # a TIMEOUT was recorded already
         if report.outcome is Outcome.TIMEOUT:
             log_channel(logging.WARNING, report.channel_id, "not claimed within timeout")
         elif report.outcome is Outcome.HANGUP:
@@ -197,7 +213,7 @@ class Executor:
     def recipients(self, channel_id: str, app_filter: AppFilter) -> list[str]:
         """The connected applications the filter selects (matching is bounded per call)."""
         before = app_filter.timeouts
-        recipients = app_filter.recipients(self._registry.apps())
+        recipients = app_filter.recipients(self.audience.apps())
         if timed_out := app_filter.timeouts - before:
             self._metrics.filter_timeouts.inc(timed_out)
             log_channel(
@@ -216,7 +232,7 @@ class Executor:
         channel_id = broadcast.channel_id
         pending: asyncio.Task[tuple[HandOverResult, str]] | None = None
         why = f"{winner!r} is no longer connected"
-        if self._registry.sink_for(winner) is not None:
+        if self.audience.connected(winner):
             invocation, args = broadcast.context.invocation, broadcast.context.options.args
             if self._gateway.moves(invocation, args):
                 self._presenter.plumbing.moved(channel_id)
@@ -281,6 +297,10 @@ class Executor:
             return  # still parked: a sweep finds it again
         if invocation is not None:
             await self._gateway.resume(channel_id, invocation, verdict)
+
+
+# What only the replica that leads does: everything that acts on Asterisk or counts a call.
+_ACTIONS = (HandOver, ResumeDialplan, LocateChannel, Report, Accepted)
 
 
 async def _settled(verdict: Awaitable[HandOverResult]) -> tuple[HandOverResult, str]:

@@ -25,7 +25,7 @@ from ..errors import ProxyError
 from ..upstream.rest import UpstreamRest
 from ..upstream.ws_rest import RestOverWebSocket
 from .core import Verdict
-from .presentation import Invocation
+from .presentation import Invocation, asterisk_timestamp
 
 __all__ = ["ChannelGateway", "HandOverResult", "backoff", "stasis_data"]
 
@@ -282,6 +282,25 @@ class ChannelGateway:
             "subroutine" if dialplan["context"] == self._context else "direct"
         )
         return Invocation(form, "", dialplan["context"], dialplan["exten"], dialplan["priority"])
+
+    async def stasis_start_of(self, channel_id: str) -> dict[str, Any] | None:
+        """The StasisStart a channel parked in the broadcast application came with, read
+        back from Asterisk (its snapshot, and Stasis()'s arguments from its app_data), for
+        a replica that takes over a call nobody recorded."""
+        response = await self._rest.call("GET", f"channels/{channel_id}")
+        if response.status_code != 200:
+            return None
+        channel = response.json()
+        app_name, _, args = channel.get("dialplan", {}).get("app_data", "").partition(",")
+        if app_name != self._app:
+            return None
+        return {
+            "type": "StasisStart",
+            "timestamp": asterisk_timestamp(),
+            "args": args.split(",") if args else [],
+            "channel": channel,
+            "application": self._app,
+        }
 
     async def channels_in(self, app: str) -> list[str]:
         response = await self._rest.call("GET", f"applications/{app}")

@@ -44,6 +44,10 @@ class Recovery:
         self._metrics = metrics
         self._clock = clock
         self._ready = ready  # False once another client took the broadcast application
+        # Replicas: orphans are offered again (`adopt`), and calls whose offer is being
+        # recorded in Redis are not orphans (`busy`).
+        self.adopt: Callable[[str], None] | None = None
+        self.busy: Callable[[], set[str]] = set
 
     async def run(self) -> None:
         """While the broadcast application is connected: recover, then sweep."""
@@ -82,10 +86,13 @@ class Recovery:
         """Channels in the broadcast application that the proxy neither offers nor is
         sending back (ProxyError when Asterisk cannot say)."""
         parked = await self._gateway.channels_in(self._app)
-        return self._core.orphans(parked, self._executor.returning)
+        return self._core.orphans(parked, self._executor.returning | self.busy())
 
     def _return_orphans(self, channel_ids: set[str]) -> None:
         for channel_id in channel_ids:
+            if self.adopt is not None:
+                self.adopt(channel_id)
+                continue
             log_channel(
                 logging.WARNING,
                 channel_id,

@@ -1,0 +1,1 @@
+"""Replicas: several proxies in front of one Asterisk share their broadcasts through Redis."""

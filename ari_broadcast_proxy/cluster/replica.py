@@ -1,0 +1,496 @@
+"""One replica among several in front of one Asterisk, sharing its broadcasts through Redis.
+
+Every replica keeps the same core (`BroadcastCore`) as a mirror of every broadcast, fed by
+Redis's messages, so that it can present channels as native, refuse what native refuses,
+and offer each call to its own applications. One replica, the leader (it holds the lease in
+Redis), also holds the broadcast application's socket and alone acts on Asterisk: hand-overs,
+returns to the dialplan. Redis takes every decision that two replicas could take at once:
+
+- an offer is recorded (fenced by the lease) before any application sees it;
+- a claim, sent to any replica, is one script: the first one wins (204), the others get
+  native's 404/409/422; the claim is announced to every replica, and the leader hands the
+  channel over;
+- a deadline's verdict is one fenced script on the leader: TIMEOUT, unless a claim came first.
+
+Nothing acts on Asterisk without a lease held on this replica's own clock (`Lease`): when
+Redis cannot be reached, no verdict is taken anywhere (claims get 503) and calls on offer
+wait in the broadcast application until a leader can reach Redis again; then those whose
+deadline passed go back with TIMEOUT at once, and those claimed reach their winner.
+
+A new leader (the old one died, froze, was cut off, or handed over on SIGTERM) reads the
+records in Redis, re-offers calls it finds parked that nobody recorded, locates every claimed
+call whose hand-over the old leader may or may not have written, and carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ..broadcast.clock import Clock
+from ..broadcast.controller import BroadcastController
+from ..broadcast.core import ArmTimer, CancelTimer, ClaimOutcome, Outcome, State
+from ..broadcast.executor import Offer, log_channel
+from ..errors import ClusterUnavailable
+from ..metrics import Metrics
+from ..registry import AppRegistry
+from .codec import offer_from_wire, offer_to_wire
+from .lease import RENEW_EVERY, Lease
+from .store import Record, SharedStore, now_ms
+
+__all__ = ["ClusterAudience", "Replica"]
+
+log = logging.getLogger(__name__)
+
+POLL_EVERY = 0.25  # a follower tries for the lease; a verdict Redis could not take is retried
+ANNOUNCE_TTL_MS = 3000  # a replica's applications count this long after its last announcement
+ANNOUNCE_EVERY = 1.0
+FOLLOWER_SLACK = 3.0  # a mirror of an offer ends on its own this long after its deadline
+HANDOFF_WAIT = 2.0  # SIGTERM: how long the old leader waits for the new one's registration
+
+_OUTCOMES = {204: ClaimOutcome.WON, 404: ClaimOutcome.NOT_FOUND, 409: ClaimOutcome.CONFLICT}
+
+
+class ClusterAudience:
+    """The applications connected to every live replica (this one's own always current)."""
+
+    def __init__(self, registry: AppRegistry) -> None:
+        self._registry = registry
+        self._others: dict[str, set[str]] = {}
+
+    def apps(self) -> list[str]:
+        apps = set(self._registry.apps())
+        for others in self._others.values():
+            apps |= others
+        return list(apps)
+
+    def connected(self, app: str) -> bool:
+        return self._registry.connected(app) or any(app in s for s in self._others.values())
+
+    def update(self, replica: str, apps: set[str]) -> None:
+        self._others[replica] = apps
+
+    def replace(self, others: dict[str, set[str]]) -> None:
+        self._others = others
+
+    @property
+    def replicas(self) -> int:
+        """Other live replicas."""
+        return len(self._others)
+
+
+class Replica:
+    def __init__(
+        self,
+        controller: BroadcastController,
+        store: SharedStore,
+        registry: AppRegistry,
+        metrics: Metrics,
+        clock: Clock,
+    ) -> None:
+        self._controller = controller
+        self._core = controller.core
+        self._executor = controller.executor
+        self._store = store
+        self._registry = registry
+        self._metrics = metrics
+        self._clock = clock
+        self.name = store.replica
+        self.lease = Lease(store.replica)
+        self.audience = ClusterAudience(registry)
+        self._pending: dict[str, asyncio.Task[None]] = {}  # offers being recorded
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wake = asyncio.Event()  # the leader resigned: try for the lease now
+        self._announce = asyncio.Event()  # this replica's applications changed
+        self._store_up = False
+        self._leader_seen = False
+        executor = controller.executor
+        executor.audience = self.audience
+        executor.acting = self.acting
+        executor.on_deadline = self._on_deadline
+        executor.on_end = self._on_end
+        controller.recovery.adopt = self.adopt
+        controller.recovery.busy = lambda: set(self._pending)
+        registry.on_change.append(self._announce.set)
+        controller.attach(self)
+
+    # -- state --------------------------------------------------------------------------------
+
+    def acting(self) -> bool:
+        return self.lease.holds(self._clock.now())
+
+    @property
+    def leading(self) -> bool:
+        return self.lease.leading
+
+    @property
+    def ready(self) -> bool:
+        """Redis answers and a leader holds the broadcast application (this one, or another
+        this replica saw holding the lease)."""
+        if not self._store_up:
+            return False
+        if self.lease.leading:
+            return self._controller.supervisor.ready
+        return self._leader_seen
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for name, loop in (
+            ("lease", self._lease_loop),
+            ("messages", self._message_loop),
+            ("announce", self._announce_loop),
+        ):
+            self._tasks.append(asyncio.create_task(loop(), name=f"replica-{name}"))
+
+    async def stop(self) -> bool:
+        """SIGTERM. Returns True when another replica leads now (nothing to send back)."""
+        handed = False
+        lease_loop = self._tasks[0] if self._tasks else None
+        if lease_loop is not None:
+            lease_loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lease_loop
+        if self.lease.leading and self.audience.replicas:
+            with contextlib.suppress(ClusterUnavailable):
+                handed = await self._store.release(self.lease.token)
+            if handed:
+                log.info("handing the broadcast application over to another replica")
+                await self._wait_replaced()
+                self._step_down()
+                await self._controller.follow()
+        for task in self._tasks:
+            task.cancel()
+        for task in [*self._tasks, *self._pending.values()]:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self._store.aclose()
+        return handed
+
+    async def _wait_replaced(self) -> None:
+        """Until the new leader's socket replaced this one's (no gap for arriving calls)."""
+        deadline = self._clock.now() + HANDOFF_WAIT
+        supervisor = self._controller.supervisor
+        while supervisor.ready and self._clock.now() < deadline:
+            await self._clock.sleep(0.02)
+
+    # -- leadership ---------------------------------------------------------------------------
+
+    async def _lease_loop(self) -> None:
+        while True:
+            sent = self._clock.now()
+            try:
+                await self._lease_step(sent)
+                self._up()
+            except ClusterUnavailable as exc:
+                self._down(exc)
+                if self.lease.lapsed(self._clock.now()):
+                    log.error("the lease could not be renewed in time: stepping down")
+                    await self._follow()
+            pause = RENEW_EVERY if self.lease.leading else POLL_EVERY
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pause):
+                    await self._wake.wait()
+
+    async def _lease_step(self, sent: float) -> None:
+        store, lease = self._store, self.lease
+        if lease.leading:
+            if await store.renew(lease.token, lease.ttl_ms):
+                lease.granted(sent)
+                return
+            # Gone from Redis (restarted empty?) or taken: try again, before stepping down.
+            if await store.acquire(lease.token, lease.ttl_ms):
+                lease.granted(sent)
+                log.warning("the lease had vanished from Redis; re-recorded this replica's calls")
+                await self._reseed()
+                return
+            log.warning("another replica holds the lease now: following")
+            await self._follow()
+            return
+        if await store.acquire(lease.new_token(), lease.ttl_ms):
+            lease.granted(sent)
+            self._leader_seen = True
+            self._metrics.leader.set(1)
+            log.info("leading: holding the broadcast application (lease %s)", lease.token)
+            self._controller.lead()
+        else:
+            self._leader_seen = True
+
+    async def _follow(self) -> None:
+        self._step_down()
+        await self._controller.follow()
+
+    def _step_down(self) -> None:
+        if self.lease.leading:
+            self._metrics.leader.set(0)
+        self.lease.lost()
+
+    def _up(self) -> None:
+        if not self._store_up:
+            log.info("Redis answers")
+        self._store_up = True
+
+    def _down(self, exc: ClusterUnavailable) -> None:
+        if self._store_up:
+            log.error("%s", exc.message)
+        self._store_up = False
+        self._leader_seen = False
+
+    # -- offers -------------------------------------------------------------------------------
+
+    def record_offer(
+        self, channel_id: str, offer: Offer, recipients: list[str], started: float
+    ) -> None:
+        """Leader: record the offer in Redis, then make it (a channel already known or
+        being recorded is not offered twice)."""
+        if channel_id in self._pending or self._core.get(channel_id) is not None:
+            return
+        task = asyncio.create_task(
+            self._record(channel_id, offer, recipients, started), name=f"offer-{channel_id}"
+        )
+        self._pending[channel_id] = task
+        task.add_done_callback(lambda _: self._pending.pop(channel_id, None))
+
+    async def _record(
+        self, channel_id: str, offer: Offer, recipients: list[str], started: float
+    ) -> None:
+        deadline_ms = now_ms() + max(offer.options.timeout_ms, 0)
+        wire = offer_to_wire(offer)
+        while self.acting():
+            try:
+                if not await self._store.offer(
+                    self.lease.token, channel_id, wire, recipients, deadline_ms
+                ):
+                    return  # another replica leads: it finds the call parked and offers it
+            except ClusterUnavailable as exc:
+                log_channel(logging.WARNING, channel_id, "cannot offer it yet: %s", exc.message)
+                await self._clock.sleep(POLL_EVERY)
+                continue
+            self._controller.open_offer(
+                channel_id, offer, recipients, started, self._local(deadline_ms)
+            )
+            return
+
+    def after_offer(self, channel_id: str, handle: Callable[..., None], *args: Any) -> None:
+        pending = self._pending.get(channel_id)
+        if pending is None:
+            handle(*args)
+        else:
+            pending.add_done_callback(lambda _: handle(*args))
+
+    def _local(self, deadline_ms: int) -> float:
+        """An epoch deadline on this replica's monotonic clock."""
+        return self._clock.now() + (deadline_ms - now_ms()) / 1000
+
+    def _mirror(
+        self,
+        channel_id: str,
+        wire: dict[str, Any],
+        apps: list[str],
+        deadline_ms: int,
+        fan_out: bool = True,
+    ) -> None:
+        """Another replica's offer, made to this replica's applications."""
+        if self._core.get(channel_id) is not None:
+            return
+        offer = offer_from_wire(wire)
+        now = self._clock.now()
+        self._controller.presenter.remember(channel_id, offer.invocation)
+        commands = self._core.offer(
+            channel_id,
+            offer,
+            apps,
+            offer.options.timeout_ms,
+            offer.options.notify_claimed,
+            now,
+            self._local(deadline_ms),
+        )
+        if not fan_out:  # read back at a takeover: the applications saw it already
+            commands = [c for c in commands if isinstance(c, ArmTimer)]
+        self._executor.execute(commands)
+
+    def adopt(self, channel_id: str) -> None:
+        """A call parked in the broadcast application that no record holds (its leader
+        died before recording it): offer it now, as if it had just arrived."""
+        self._executor.spawn(self._adopt(channel_id), f"adopt-{channel_id}")
+
+    async def _adopt(self, channel_id: str) -> None:
+        event = await self._controller.gateway.stasis_start_of(channel_id)
+        if event is not None and self._core.get(channel_id) is None:
+            log_channel(logging.WARNING, channel_id, "found parked and unrecorded: offering it")
+            self._controller.on_event(event)
+
+    # -- claims and verdicts ------------------------------------------------------------------
+
+    async def claim(self, channel_id: str, app: str) -> ClaimOutcome | None:
+        result = await self._store.claim(channel_id, app)
+        if result == 0:
+            return None
+        return _OUTCOMES.get(result, ClaimOutcome.NOT_OFFERED)
+
+    def _on_deadline(self, channel_id: str) -> None:
+        broadcast = self._core.get(channel_id)
+        if broadcast is None or broadcast.state is not State.OFFERED:
+            return
+        now = self._clock.now()
+        if self.acting():
+            self._executor.spawn(self._settle(channel_id), f"settle-{channel_id}")
+        elif now >= broadcast.deadline + FOLLOWER_SLACK:
+            self._executor.execute(self._core.dismiss(channel_id, now))  # the word was lost
+        else:
+            self._retry_deadline(channel_id)
+
+    def _retry_deadline(self, channel_id: str) -> None:
+        self._executor.execute([ArmTimer(channel_id, self._clock.now() + POLL_EVERY)])
+
+    async def _settle(self, channel_id: str) -> None:
+        """The leader's deadline: Redis says TIMEOUT, or who claimed it first."""
+        try:
+            verdict, winner = await self._store.expire(self.lease.token, channel_id)
+        except ClusterUnavailable as exc:
+            log_channel(logging.WARNING, channel_id, "deadline passed, no verdict: %s", exc.message)
+            verdict, winner = "retry", None
+        now = self._clock.now()
+        if verdict == "expired":
+            self._executor.execute(self._core.expire(channel_id, now))
+        elif verdict == "claimed" and winner is not None:
+            self._executor.execute(self._core.claim(channel_id, winner, now)[1])
+        elif verdict == "ended":
+            self._executor.execute(self._core.dismiss(channel_id, now))
+        else:  # Redis unreachable, or this replica no longer leads: the next word decides
+            self._retry_deadline(channel_id)
+
+    def _on_end(self, channel_id: str, outcome: Outcome) -> None:
+        self._spawn_store(self._store.end(channel_id, outcome.value), f"end-{channel_id}")
+
+    def session_started(self, channel_id: str, app: str) -> None:
+        self._spawn_store(self._store.session_started(channel_id, app), f"started-{channel_id}")
+
+    def released(self, channel_id: str) -> None:
+        self._spawn_store(self._store.end(channel_id, "released"), f"released-{channel_id}")
+
+    def _spawn_store(self, operation: Coroutine[Any, Any, None], name: str) -> None:
+        self._executor.spawn(_logged(operation, name), name)
+
+    # -- messages from the other replicas -----------------------------------------------------
+
+    async def _message_loop(self) -> None:
+        while True:
+            try:
+                async for message in self._store.messages():
+                    self._on_message(message)
+            except ClusterUnavailable as exc:
+                self._down(exc)
+            await self._clock.sleep(POLL_EVERY)
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        kind, channel_id = message.get("k"), str(message.get("c", ""))
+        mine = message.get("r") == self.name
+        now = self._clock.now()
+        try:
+            if kind == "offer" and not mine:
+                self._mirror(channel_id, message["o"], message["to"], int(message["d"]))
+            elif kind == "claimed":
+                self._executor.execute(self._core.claim(channel_id, message["app"], now)[1])
+            elif kind == "started":
+                commands = self._core.session_started(channel_id, message["app"], now)
+                self._executor.execute(commands)
+            elif kind == "ended":
+                self._executor.execute(self._core.dismiss(channel_id, now))
+            elif kind == "apps" and not mine:
+                self.audience.update(str(message["r"]), set(message["apps"]))
+                self._announce.set()
+            elif kind == "resign" and not mine:
+                self._wake.set()
+        except Exception:
+            log.exception("replica message %r could not be handled", kind)
+
+    # -- membership ---------------------------------------------------------------------------
+
+    async def _announce_loop(self) -> None:
+        changed = True
+        while True:
+            try:
+                await self._store.announce(self._registry.apps(), ANNOUNCE_TTL_MS, changed)
+                changed = False
+                others = await self._store.replicas()
+                others.pop(self.name, None)
+                self.audience.replace(others)
+            except ClusterUnavailable as exc:
+                self._down(exc)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ANNOUNCE_EVERY):
+                    await self._announce.wait()
+                    changed = True
+            self._announce.clear()
+
+    # -- taking over --------------------------------------------------------------------------
+
+    async def taken_over(self) -> None:
+        """The broadcast application's socket is this replica's now: carry on every call
+        Redis records, record every call this replica knows that Redis lost (restarted), and
+        locate claimed calls whose hand-over the old leader may or may not have written."""
+        try:
+            records = await self._store.records()
+        except ClusterUnavailable as exc:
+            log.error("taking over without the records: %s", exc.message)
+            records = []
+        for record in records:
+            self._restore(record)
+        await self._reseed({r.channel_id for r in records})
+        self._executor.execute(self._core.taken_over())
+        if records:
+            log.info("took over %d call(s) from the records", len(records))
+
+    def _restore(self, record: Record) -> None:
+        now = self._clock.now()
+        self._mirror(
+            record.channel_id,
+            record.offer,
+            sorted(record.recipients),
+            record.deadline_ms,
+            fan_out=False,
+        )
+        broadcast = self._core.get(record.channel_id)
+        if broadcast is None or record.winner is None:
+            return
+        if broadcast.state is State.OFFERED:
+            commands = self._core.claim(record.channel_id, record.winner, now)[1]
+            self._executor.execute([c for c in commands if isinstance(c, CancelTimer)])
+        if record.state == "session":
+            self._executor.execute(self._core.session_started(record.channel_id, record.winner))
+
+    async def _reseed(self, known: set[str] | None = None) -> None:
+        """Record again what Redis lost: offers on offer, and claims (so that no second
+        claim can win them)."""
+        if known is None:
+            with contextlib.suppress(ClusterUnavailable):
+                known = {r.channel_id for r in await self._store.records()}
+        for channel_id in self._core.channel_ids():
+            broadcast = self._core.get(channel_id)
+            if broadcast is None or channel_id in (known or set()):
+                continue
+            if broadcast.state is State.IN_SESSION:
+                continue
+            deadline_ms = now_ms() + int((broadcast.deadline - self._clock.now()) * 1000)
+            with contextlib.suppress(ClusterUnavailable):
+                await self._store.offer(
+                    self.lease.token,
+                    channel_id,
+                    offer_to_wire(broadcast.context),
+                    broadcast.recipients,
+                    deadline_ms,
+                    broadcast.winner,
+                )
+
+
+async def _logged(operation: Coroutine[Any, Any, None], name: str) -> None:
+    try:
+        await operation
+    except ClusterUnavailable as exc:
+        log.warning("%s: %s", name, exc.message)
