@@ -90,6 +90,9 @@ class Executor:
         self.acting: Callable[[], bool] = lambda: True
         self.on_deadline: Callable[[str], None] | None = None
         self.on_end: Callable[[str, Outcome], None] | None = None
+        # Replicas: a winner whose replica just went away reconnects to another; its
+        # hand-over waits this long for it (one process: none, as native).
+        self.reconnect_grace = 0.0
 
     # -- tasks and timers ---------------------------------------------------------------------
 
@@ -232,7 +235,7 @@ class Executor:
         channel_id = broadcast.channel_id
         pending: asyncio.Task[tuple[HandOverResult, str]] | None = None
         why = f"{winner!r} is no longer connected"
-        if self.audience.connected(winner):
+        if await self._connected(winner):
             invocation, args = broadcast.context.invocation, broadcast.context.options.args
             if self._gateway.moves(invocation, args):
                 self._presenter.plumbing.moved(channel_id)
@@ -242,6 +245,16 @@ class Executor:
             except ProxyError as exc:
                 why = exc.message
         self.spawn(self._answered(broadcast, winner, pending, why), f"handover-{channel_id}")
+
+    async def _connected(self, app: str) -> bool:
+        """Whether the winner is connected, waiting `reconnect_grace` for it if not."""
+        waited = 0.0
+        while not self.audience.connected(app):
+            if waited >= self.reconnect_grace:
+                return False
+            await self._clock.sleep(0.05)
+            waited += 0.05
+        return True
 
     async def _answered(
         self,

@@ -50,6 +50,8 @@ ANNOUNCE_TTL_MS = 3000  # a replica's applications count this long after its las
 ANNOUNCE_EVERY = 1.0
 FOLLOWER_SLACK = 3.0  # a mirror of an offer ends on its own this long after its deadline
 HANDOFF_WAIT = 2.0  # SIGTERM: how long the old leader waits for the new one's registration
+RECONNECT_GRACE = 2.0  # a winner whose replica stopped has this long to reconnect elsewhere
+STOP_WAIT = 1.0  # SIGTERM: how long its own loops and Redis connections get to close
 
 _OUTCOMES = {204: ClaimOutcome.WON, 404: ClaimOutcome.NOT_FOUND, 409: ClaimOutcome.CONFLICT}
 
@@ -112,6 +114,7 @@ class Replica:
         executor.acting = self.acting
         executor.on_deadline = self._on_deadline
         executor.on_end = self._on_end
+        executor.reconnect_grace = RECONNECT_GRACE
         controller.recovery.adopt = self.adopt
         controller.recovery.busy = lambda: set(self._pending)
         registry.on_change.append(self._announce.set)
@@ -162,13 +165,15 @@ class Replica:
                 await self._wait_replaced()
                 self._step_down()
                 await self._controller.follow()
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._pending.values()]
+        for task in tasks:
             task.cancel()
-        for task in [*self._tasks, *self._pending.values()]:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if tasks:
+            await asyncio.wait(tasks, timeout=STOP_WAIT)
         self._tasks.clear()
-        await self._store.aclose()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STOP_WAIT):
+                await self._store.aclose()
         return handed
 
     async def _wait_replaced(self) -> None:
