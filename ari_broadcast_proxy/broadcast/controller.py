@@ -202,6 +202,7 @@ class BroadcastController:
         for warning in (*options.warnings, *filter_warnings):
             log_channel(logging.WARNING, channel_id, "%s", warning)
         recipients = self.executor.recipients(channel_id, app_filter)
+        self.presenter.remember(channel_id, invocation)  # before the snapshot is presented
         offer = Offer(
             invocation=invocation,
             options=options,
@@ -225,7 +226,6 @@ class BroadcastController:
     ) -> None:
         """Offer the channel (a replica: once Redis has the record, until `deadline`)."""
         options = offer.options
-        self.presenter.remember(channel_id, offer.invocation)
         commands = self.core.offer(
             channel_id,
             offer,
