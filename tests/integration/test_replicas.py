@@ -241,7 +241,7 @@ async def test_unclaimed_times_out(cluster: list[Replica], ari: Ari) -> None:
         await run.call("1000")
         results = await run.results(15)
         assert results == Counter({"TIMEOUT": 1, "missing": 0}), results
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 12  # a 1 s timeout, with room for a slow CI
     finally:
         await run.aclose()
 
