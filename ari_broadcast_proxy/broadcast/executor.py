@@ -137,9 +137,11 @@ class Executor:
             else:
                 self._carry_out(command)
 
-    def execute(self, commands: list[Command]) -> None:
+    def execute(self, commands: list[Command], decided: bool = False) -> None:
+        """`decided`: Redis took this verdict under this replica's lease (a fenced script),
+        so it is carried out even if the lease lapsed since: nobody else can take it."""
         for command in commands:
-            if isinstance(command, _ACTIONS) and not self.acting():
+            if isinstance(command, _ACTIONS) and not (decided or self.acting()):
                 continue  # another replica leads: it acts on Asterisk
             if isinstance(command, HandOver):
                 self.spawn(

@@ -205,8 +205,12 @@ class Replica:
     async def _lease_step(self, sent: float) -> None:
         store, lease = self._store, self.lease
         if lease.leading:
+            lapsed = lease.lapsed(sent)
             if await store.renew(lease.token, lease.ttl_ms):
                 lease.granted(sent)
+                if lapsed:  # hand-overs dropped meanwhile are written now
+                    log.warning("the lease was renewed late; locating claimed calls")
+                    self._executor.execute(self._core.taken_over())
                 return
             # Gone from Redis (restarted empty?) or taken: try again, before stepping down.
             if await store.acquire(lease.token, lease.ttl_ms):
@@ -266,7 +270,10 @@ class Replica:
     ) -> None:
         deadline_ms = now_ms() + max(offer.options.timeout_ms, 0)
         wire = offer_to_wire(offer)
-        while self.acting():
+        while self.lease.leading:
+            if not self.acting():  # a renewal is late: it may yet come
+                await self._clock.sleep(POLL_EVERY)
+                continue
             try:
                 if not await self._store.offer(
                     self.lease.token, channel_id, wire, recipients, deadline_ms
@@ -335,6 +342,10 @@ class Replica:
     async def claim(self, channel_id: str, app: str) -> ClaimOutcome | None:
         result = await self._store.claim(channel_id, app)
         if result == 0:
+            if self._core.get(channel_id) is not None:
+                # On offer here, unknown to Redis: it restarted empty and the leader has not
+                # recorded its calls again yet. Asked again in a moment, Redis will know.
+                raise ClusterUnavailable("the call's record is being restored; claim again")
             return None
         return _OUTCOMES.get(result, ClaimOutcome.NOT_OFFERED)
 
@@ -362,12 +373,14 @@ class Replica:
             verdict, winner = "retry", None
         now = self._clock.now()
         if verdict == "expired":
-            self._executor.execute(self._core.expire(channel_id, now))
+            self._executor.execute(self._core.expire(channel_id, now), decided=True)
         elif verdict == "claimed" and winner is not None:
-            self._executor.execute(self._core.claim(channel_id, winner, now)[1])
+            self._executor.execute(self._core.claim(channel_id, winner, now)[1], decided=True)
         elif verdict == "ended":
             self._executor.execute(self._core.dismiss(channel_id, now))
         else:  # Redis unreachable, or this replica no longer leads: the next word decides
+            if verdict == "fenced":
+                log_channel(logging.WARNING, channel_id, "deadline passed; lease not ours")
             self._retry_deadline(channel_id)
 
     def _on_end(self, channel_id: str, outcome: Outcome) -> None:
@@ -405,7 +418,9 @@ class Replica:
             elif kind == "started":
                 commands = self._core.session_started(channel_id, message["app"], now)
                 self._executor.execute(commands)
-            elif kind == "ended":
+            elif kind == "ended" and not mine:
+                # Its own word can arrive before the answer of the script that sent it: the
+                # replica that ended a broadcast has already ended its own mirror of it.
                 self._executor.execute(self._core.dismiss(channel_id, now))
             elif kind == "apps" and not mine:
                 self.audience.update(str(message["r"]), set(message["apps"]))
