@@ -29,7 +29,14 @@ from websockets.exceptions import ConnectionClosed
 
 from ..ari import PASSWORD, USER, Ari, Asterisk, Tasks, token
 from ..redis_server import RedisServer, redis_server_fixture  # noqa: F401
-from ..replicas import CLUSTER_APP, Replica, running_replicas, wait_leader
+from ..replicas import (
+    CLUSTER_APP,
+    Replica,
+    running_replicas,
+    start_replicas,
+    stop_replicas,
+    wait_leader,
+)
 
 CALLS = int(os.environ.get("CLUSTER_CALLS", "120" if os.environ.get("CI") else "500"))
 TIMEOUT_MS = 6000  # each call's broadcast timeout: longer than a takeover
@@ -361,3 +368,156 @@ async def test_takeover_times(
             assert results == Counter({"SUCCESS": 50, "missing": 0}), results
             run.check_claims()
     assert max(times) < 5
+
+
+class Cutter:
+    """A TCP relay in front of Redis for one replica; `cut()` black-holes it (connections
+    stay open, nothing passes: a network partition, not a refusal)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self._upstream_port = upstream_port
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.cut_off = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"redis://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/0"
+
+    async def __aenter__(self) -> Cutter:
+        self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def cut(self) -> None:
+        self.cut_off.set()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            if not self.cut_off.is_set():
+                up_reader, up_writer = await asyncio.open_connection(
+                    "127.0.0.1", self._upstream_port
+                )
+                pipes = [
+                    asyncio.create_task(self._pipe(reader, up_writer)),
+                    asyncio.create_task(self._pipe(up_reader, writer)),
+                ]
+                await self.cut_off.wait()
+                for pipe in pipes:
+                    pipe.cancel()
+                up_writer.close()
+            await asyncio.sleep(3600)  # black hole: hold the client's socket, answer nothing
+        except OSError:
+            pass
+        finally:
+            writer.close()
+            self._tasks.discard(task)
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+
+
+async def readyz(replica: Replica) -> int:
+    async with httpx.AsyncClient(timeout=2) as http:
+        try:
+            return (await http.get(replica.base + "/readyz")).status_code
+        except httpx.HTTPError:
+            return 0
+
+
+async def test_leader_cut_off_from_redis(
+    asterisk: Asterisk, redis_server: RedisServer, ari: Ari, tmp_path: Path
+) -> None:
+    """The leader loses Redis (its network, not Redis): it stops acting when its lease runs
+    out and lets the broadcast application go; another replica takes over; no call lost."""
+    async with Cutter(redis_server.port) as cutter:
+        first = Replica(
+            asterisk,
+            tmp_path / "cut.log",
+            "cut",
+            cutter.url,
+            "--broadcast-app",
+            CLUSTER_APP,
+            wait=False,  # its Redis is relayed by this event loop: wait without blocking it
+        )
+        replicas = [first]
+        try:
+            assert (await wait_leader(replicas))[0] is first
+            rest = tmp_path / "rest"
+            rest.mkdir()
+            others = start_replicas(2, asterisk, redis_server.url, rest, wait=False)
+            replicas += others
+            async with asyncio.timeout(30):
+                while {await readyz(r) for r in others} != {200}:  # noqa: ASYNC110
+                    await asyncio.sleep(0.1)  # polling: readiness is only an HTTP answer
+            async with racing(replicas, ari) as run:
+                halfway = asyncio.Event()
+                feeding = asyncio.create_task(run.calls(80, halfway=halfway))
+                await halfway.wait()
+                cut_at = time.monotonic()
+                cutter.cut()
+                await wait_leader(others, cap=15)
+                took = time.monotonic() - cut_at
+                print(f"takeover after the leader lost Redis: {took:.2f} s")
+                await feeding
+                results = await run.results(60)
+                assert results == Counter({"SUCCESS": 80, "missing": 0}), results
+                run.check_claims()
+                assert await first.metric("ari_proxy_broadcast_leader") == 0.0
+                assert await readyz(first) == 503
+            assert took < 5
+            assert "stepping down" in first.log()
+        finally:
+            stop_replicas(replicas)
+    assert await parked(ari) == []
+
+
+async def test_redis_unreachable_past_the_lease(
+    cluster: list[Replica], ari: Ari, redis_server: RedisServer
+) -> None:
+    """Redis frozen (SIGSTOP) for longer than a lease: no verdict anywhere, claims 503,
+    /readyz 503; back, every call on offer ends (claimed or TIMEOUT), one 204 at most per
+    call, none left in the broadcast application."""
+    await wait_leader(cluster)
+    async with racing(cluster, ari) as run:
+        run.claim_delay = 1.0  # the claims meet the outage
+        await run.calls(10)
+        assert redis_server.pid is not None
+        os.kill(redis_server.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(3.0)  # past the lease (2 s): the leader steps down
+            async with httpx.AsyncClient(auth=(USER, PASSWORD), timeout=5) as http:
+                claim = await http.post(
+                    cluster[0].base + "/ari/events/claim",
+                    params={"channelId": next(iter(run.offers)), "application": "racer-0"},
+                )
+            assert claim.status_code == 503, claim.text
+            assert "cannot be reached" in claim.json()["message"]
+            assert {await readyz(r) for r in cluster} == {503}
+        finally:
+            os.kill(redis_server.pid, signal.SIGCONT)
+        _, back = await wait_leader(cluster, cap=10)
+        print(f"a leader again {back:.2f} s after Redis answered")
+        results = await run.results(40)
+        print(f"results after the outage: {dict(results)}")
+        assert results["missing"] == 0, results
+        assert set(results) <= {"SUCCESS", "TIMEOUT", "missing"}, results
+        for channel_id in run.offers:
+            won = [app for app, status in run.claims[channel_id] if status == 204]
+            assert len(won) <= 1, (channel_id, run.claims[channel_id])
+            assert run.starts[channel_id] == won, (channel_id, run.starts[channel_id])
+    assert await parked(ari) == []
