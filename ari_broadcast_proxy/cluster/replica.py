@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 POLL_EVERY = 0.25  # a follower tries for the lease; a verdict Redis could not take is retried
 ANNOUNCE_TTL_MS = 3000  # a replica's applications count this long after its last announcement
 ANNOUNCE_EVERY = 1.0
+RECONCILE_AFTER = 3.0  # a claim without word of its session this long is checked in Redis
 FOLLOWER_SLACK = 3.0  # a mirror of an offer ends on its own this long after its deadline
 HANDOFF_WAIT = 2.0  # SIGTERM: how long the old leader waits for the new one's registration
 RECONNECT_GRACE = 2.0  # a winner whose replica stopped has this long to reconnect elsewhere
@@ -441,6 +442,7 @@ class Replica:
                 others = await self._store.replicas()
                 others.pop(self.name, None)
                 self.audience.replace(others)
+                await self._reconcile()
             except ClusterUnavailable as exc:
                 self._down(exc)
             with contextlib.suppress(TimeoutError):
@@ -448,6 +450,29 @@ class Replica:
                     await self._announce.wait()
                     changed = True
             self._announce.clear()
+
+    async def _reconcile(self) -> None:
+        """Claims this replica's mirror has held for a while without word of the winner's
+        session or of the end (a message lost while its connection to Redis was down): ask
+        Redis, and follow it."""
+        now = self._clock.now()
+        stale = [
+            b.channel_id
+            for b in self._core.claimed()
+            if b.state is not State.IN_SESSION
+            and b.claimed_at is not None
+            and now - b.claimed_at > RECONCILE_AFTER
+        ]
+        if not stale:
+            return
+        for channel_id, (state, winner) in (await self._store.states(stale)).items():
+            if state == "session" and winner is not None:
+                commands = self._core.session_started(channel_id, winner, now)
+            elif state in (None, "ended") and not self.acting():
+                commands = self._core.dismiss(channel_id, now)  # the leader's own ends itself
+            else:
+                continue
+            self._executor.execute(commands)
 
     # -- taking over --------------------------------------------------------------------------
 

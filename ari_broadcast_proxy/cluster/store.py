@@ -231,6 +231,14 @@ class SharedStore:
             )
         return records
 
+    async def states(self, channel_ids: list[str]) -> dict[str, tuple[str | None, str | None]]:
+        """Each broadcast's state and winner as Redis has them ((None, None): no record)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for channel_id in channel_ids:
+            pipe.hmget(self.keys.record(channel_id), ["state", "winner"])
+        replies = await self._call("read", pipe.execute())
+        return {c: (r[0], r[1]) for c, r in zip(channel_ids, replies, strict=True)}
+
     # -- leadership ---------------------------------------------------------------------------
 
     async def acquire(self, token: str, ttl_ms: int) -> bool:

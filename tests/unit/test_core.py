@@ -532,3 +532,76 @@ def test_a_late_answer_for_a_replaced_hand_over_leaves_the_new_offer_alone() -> 
     assert core.handover_answered(broadcast, HandOverAnswer.FAILED, "late", 101.1) == []
     assert core.handover_answered(broadcast, HandOverAnswer.UNKNOWN, "late", 101.1) == []
     assert core.get("chan-1").state is State.OFFERED
+
+
+# -- replicas: a mirror of another replica's broadcast, and taking claims over ---------------
+
+
+def test_a_mirrored_offer_keeps_the_deadline_it_was_given() -> None:
+    core: BroadcastCore[str] = BroadcastCore(random.Random(7))
+    commands = core.offer("chan-1", "ctx", APPS, 5000, False, now=100.0, deadline=101.5)
+    assert ArmTimer("chan-1", 101.5) in commands
+    assert core.expire("chan-1", 101.5)  # its verdict at that deadline, not at 105
+
+
+def test_dismiss_ends_a_mirror_in_any_state_without_acting() -> None:
+    core = offered()
+    core.claim("chan-1", "alpha", 100.1)
+    commands = core.dismiss("chan-1", 100.2)
+    assert not [c for c in commands if isinstance(c, ResumeDialplan | HandOver | Report)]
+    assert core.get("chan-1") is None
+    assert core.claim("chan-1", "beta", 100.3)[0] is ClaimOutcome.NOT_FOUND
+    assert core.dismiss("chan-1", 100.4) == []
+
+
+def test_the_winners_stasis_start_before_word_of_the_claim_takes_the_claim_as_made() -> None:
+    core = offered(notify=True)
+    commands = core.session_started("chan-1", "beta", 100.2)
+    assert core.in_session("chan-1")
+    assert not [c for c in commands if isinstance(c, HandOver)]  # Asterisk moved it already
+    assert [c.winner for c in commands if isinstance(c, SendCallClaimed)] == ["beta"]
+    assert Report("chan-1", Outcome.CLAIMED, "beta") in commands
+    assert core.claim("chan-1", "beta", 100.3)[0] is ClaimOutcome.CONFLICT  # the word, late
+
+
+def test_a_stasis_start_of_an_app_not_offered_the_call_is_not_a_claim() -> None:
+    core = offered(apps=["alpha"])
+    assert core.session_started("chan-1", "beta", 100.2) == []
+    assert not core.in_session("chan-1")
+
+
+@pytest.mark.parametrize(
+    ("location", "expect"),
+    [
+        (Location.PARKED, "hand over"),
+        (Location.ELSEWHERE, "taken"),
+        (Location.UNKNOWN, "taken"),
+        (Location.GONE, "ended"),
+    ],
+)
+def test_taking_claims_over_locates_each_first(location: Location, expect: str) -> None:
+    core = offered()
+    core.claim("chan-1", "alpha", 100.1)  # another replica led: its hand-over may be written
+    broadcast = core.get("chan-1")
+    assert broadcast is not None
+    assert core.taken_over() == [LocateChannel(broadcast, ask_exists=True)]
+    assert broadcast.state is State.RELOCATING
+    after = core.located(broadcast, location, 100.2)
+    if expect == "hand over":
+        assert after == [HandOver(broadcast, "alpha")]
+        assert broadcast.state is State.HANDING_OVER
+    elif expect == "taken":
+        assert broadcast.state is State.AWAITING_SESSION
+        assert any(isinstance(c, ArmTimer) and c.kind is TimerKind.WATCHDOG for c in after)
+    else:
+        assert core.get("chan-1") is None
+        assert [c.outcome for c in after if isinstance(c, Report)] == [Outcome.FAILED]
+        assert verdicts(after) == []
+
+
+def test_taking_over_leaves_offers_and_sessions_alone() -> None:
+    core = offered()
+    core.offer("chan-2", "ctx", APPS, 500, False, now=100.0)
+    core.claim("chan-2", "beta", 100.1)
+    core.session_started("chan-2", "beta", 100.2)
+    assert core.taken_over() == []
