@@ -4,12 +4,15 @@ Both images are built from the Dockerfiles and docker-compose.yml that users run
 build), the stack comes up and is waited for until healthy, calls are dialled into `[from-sip]`
 (ARI-originated `Local/<exten>@from-sip` channels, straight to the stack's Asterisk), the demo
 applications must win every one of them through the proxy, and the stack goes down leaving no
-container behind.
+container behind. Then the same for the ha variant (docker-compose.yml + docker-compose.ha.yml:
+Valkey, two replicas, demo-alpha on one and demo-beta on the other): exactly one replica leads,
+calls are won through both, the leader stopped hands over to the other, and calls go on.
 
 Needs a Docker engine with the base images: `scripts/test` provides both (scripts/docker-engine
 ensure). Without an engine this module fails rather than skips. The stack listens on the fixed
-ports of asterisk-conf/ (ARI 8088, SIP 5060) and the proxy's 8089: the module fails with a clear
-message if something else holds them, and runs one at a time per machine (a lock).
+ports of asterisk-conf/ (ARI 8088, SIP 5060) and the proxy's 8089 (the ha variant also on 8090
+and 6390): the module fails with a clear message if something else holds them, and runs one at
+a time per machine (a lock).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -46,6 +50,15 @@ PORTS = (
 )
 DEMOS = ("demo-alpha", "demo-beta")
 CALLS = 8
+HA_FILES = ("docker-compose.yml", "docker-compose.ha.yml")
+HA_PORTS = (
+    *PORTS,
+    ("tcp", 8090, "proxy-b (ARI_PROXY_LISTEN in docker-compose.ha.yml)"),
+    ("tcp", 6390, "valkey (docker-compose.ha.yml)"),
+)
+# The ha variant's replicas and the demo application each one serves.
+REPLICAS = {"proxy": "http://127.0.0.1:8089", "proxy-b": "http://127.0.0.1:8090"}
+DEMO_OF = {"proxy": "demo-alpha", "proxy-b": "demo-beta"}
 LOCK = Path("/run/ari-broadcast-proxy/docker-stack.lock")
 
 
@@ -101,11 +114,21 @@ def _port_free(kind: str, port: int) -> bool:
 class Stack:
     compose: list[str]
     images: dict[str, str]  # service -> image
+    files: tuple[str, ...] = ("docker-compose.yml",)
     timings: dict[str, float] = field(default_factory=dict)
     down: bool = False
 
     def run(self, *args: str, timeout: float = 600) -> str:
-        return _check(_run([*self.compose, "--project-name", PROJECT, *args], timeout=timeout))
+        files = [arg for name in self.files for arg in ("--file", name)]
+        return _check(
+            _run([*self.compose, *files, "--project-name", PROJECT, *args], timeout=timeout)
+        )
+
+    def health(self, service: str) -> str:
+        container = self.run("ps", "--quiet", service, timeout=60).strip()
+        return _check(
+            _run(["docker", "inspect", "--format", "{{.State.Health.Status}}", container], 30)
+        ).strip()
 
     def logs(self, service: str) -> str:
         return self.run("logs", "--no-color", service, timeout=60)
@@ -156,42 +179,39 @@ def _machine_lock(timeout: float = 300) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _wait_ready(stack: Stack, timeout: float = 120) -> None:
-    """Both healthchecks pass and both demo applications are registered through the proxy."""
+def _wait_ready(
+    stack: Stack,
+    replicas: dict[str, str] | None = None,
+    healthy: tuple[str, ...] = ("asterisk", "proxy"),
+    timeout: float = 120,
+) -> None:
+    """Every healthcheck in `healthy` passes, /readyz answers 200 on every proxy (service ->
+    base URL), and both demo applications are registered through the first one."""
+    replicas = replicas or {"proxy": PROXY}
     deadline = time.monotonic() + timeout
     last = ""
     while time.monotonic() < deadline:
         try:
-            ready = httpx.get(f"{PROXY}/readyz", timeout=2).status_code == 200
-            apps = httpx.get(f"{PROXY}/ari/applications", auth=AUTH, timeout=2)
-            names = {app["name"] for app in apps.json()} if apps.status_code == 200 else set()
-            health = {
-                service: _check(
-                    _run(
-                        [
-                            "docker",
-                            "inspect",
-                            "--format",
-                            "{{.State.Health.Status}}",
-                            stack.run("ps", "--quiet", service, timeout=60).strip(),
-                        ],
-                        timeout=30,
-                    )
-                ).strip()
-                for service in ("asterisk", "proxy")
+            ready = {
+                name: httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+                for name, base in replicas.items()
             }
+            first = next(iter(replicas.values()))
+            apps = httpx.get(f"{first}/ari/applications", auth=AUTH, timeout=2)
+            names = {app["name"] for app in apps.json()} if apps.status_code == 200 else set()
+            health = {service: stack.health(service) for service in healthy}
             last = f"readyz {ready}, health {health}, applications {sorted(names)}"
-            if ready and set(health.values()) == {"healthy"} and set(DEMOS) <= names:
+            if all(ready.values()) and set(health.values()) == {"healthy"} and set(DEMOS) <= names:
                 return
         except (httpx.HTTPError, AssertionError, ValueError) as exc:
             last = f"{type(exc).__name__}: {exc}"
         time.sleep(0.5)
-    logs = "\n".join(stack.logs(service)[-3000:] for service in ("proxy", *DEMOS))
+    logs = "\n".join(stack.logs(service)[-3000:] for service in (*replicas, *DEMOS))
     pytest.fail(f"the stack was not ready within {timeout:.0f} s ({last}):\n{logs}")
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
+def compose_command() -> list[str]:
     engine = _run(["docker", "info", "--format", "{{.ServerVersion}}"], timeout=60)
     if engine.returncode != 0:
         pytest.fail(
@@ -199,54 +219,81 @@ def stack() -> Iterator[Stack]:
             f"scripts/docker-engine ensure.\n{engine.stderr.strip()}",
             pytrace=False,
         )
-    compose = _compose_command()
-    config = yaml.safe_load(
-        _check(_run([*compose, "--file", "docker-compose.yml", "config"], timeout=120))
-    )
-    images = {name: service["image"] for name, service in config["services"].items()}
+    return _compose_command()
+
+
+@pytest.fixture(scope="module")
+def machine() -> Iterator[None]:
+    """The machine's compose stack ports, for this module's stacks one after the other."""
     with _machine_lock():
-        stack = Stack(compose, images)
-        stack.run("down", "--timeout", "5", timeout=300)  # what a killed run may have left
-        taken = [
-            f"{kind} 127.0.0.1:{port} ({what}): {_port_holder(kind, port) or 'in use'}"
-            for kind, port, what in PORTS
-            if not _port_free(kind, port)
-        ]
-        if taken:
-            pytest.fail(
-                "the compose stack needs fixed ports that something else holds; stop it first "
-                "(a stack from `scripts/stack up`: scripts/stack down):\n  " + "\n  ".join(taken),
-                pytrace=False,
-            )
-        for service in ("asterisk", "proxy"):  # the demo services run the proxy's image
-            start = time.monotonic()
-            stack.run("build", service, timeout=900)
-            stack.timings[f"build {service}"] = time.monotonic() - start
-        # Earlier builds of the proxy image, now untagged (the label is the final stage's only,
-        # so the build stage's cached layers stay).
-        _run(
-            [
-                "docker",
-                "image",
-                "prune",
-                "--force",
-                "--filter",
-                "label=org.opencontainers.image.title=ari-broadcast-proxy",
-            ],
-            timeout=120,
+        yield
+
+
+@contextlib.contextmanager
+def _running(
+    stack: Stack,
+    ports: tuple[tuple[str, int, str], ...],
+    build: tuple[str, ...],
+    replicas: dict[str, str] | None = None,
+    healthy: tuple[str, ...] = ("asterisk", "proxy"),
+) -> Iterator[Stack]:
+    """Build `build`, bring the stack up, wait until it is ready; take it down at the end."""
+    # What a killed run may have left, of either variant (--remove-orphans: the other's).
+    stack.run("down", "--timeout", "5", "--remove-orphans", timeout=300)
+    taken = [
+        f"{kind} 127.0.0.1:{port} ({what}): {_port_holder(kind, port) or 'in use'}"
+        for kind, port, what in ports
+        if not _port_free(kind, port)
+    ]
+    if taken:
+        pytest.fail(
+            "the compose stack needs fixed ports that something else holds; stop it first "
+            "(a stack from `scripts/stack up`: scripts/stack down):\n  " + "\n  ".join(taken),
+            pytrace=False,
         )
-        try:
-            start = time.monotonic()
-            stack.run("up", "--detach", timeout=300)
-            _wait_ready(stack)
-            stack.timings["up until ready"] = time.monotonic() - start
-            yield stack
-        finally:
-            if not stack.down:
-                with contextlib.suppress(Exception):
-                    print("---- compose logs ----")
-                    print(stack.run("logs", "--no-color", "--tail", "200", timeout=60))
-                stack.take_down()
+    for service in build:
+        start = time.monotonic()
+        stack.run("build", service, timeout=900)
+        stack.timings[f"build {service}"] = time.monotonic() - start
+    # Earlier builds of the proxy image, now untagged (the label is the final stage's only,
+    # so the build stage's cached layers stay).
+    _run(
+        [
+            "docker",
+            "image",
+            "prune",
+            "--force",
+            "--filter",
+            "label=org.opencontainers.image.title=ari-broadcast-proxy",
+        ],
+        timeout=120,
+    )
+    try:
+        start = time.monotonic()
+        stack.run("up", "--detach", timeout=300)
+        _wait_ready(stack, replicas, healthy)
+        stack.timings["up until ready"] = time.monotonic() - start
+        yield stack
+    finally:
+        if not stack.down:
+            with contextlib.suppress(Exception):
+                print("---- compose logs ----")
+                print(stack.run("logs", "--no-color", "--tail", "200", timeout=60))
+            stack.take_down()
+
+
+def _images(compose: list[str], files: tuple[str, ...]) -> dict[str, str]:
+    args = [arg for name in files for arg in ("--file", name)]
+    config = yaml.safe_load(_check(_run([*compose, *args, "config"], timeout=120)))
+    return {name: service["image"] for name, service in config["services"].items()}
+
+
+@pytest.fixture(scope="module")
+def stack(compose_command: list[str], machine: None) -> Iterator[Stack]:
+    stack = Stack(compose_command, _images(compose_command, ("docker-compose.yml",)))
+    # The demo services run the proxy's image.
+    with _running(stack, PORTS, build=("asterisk", "proxy")) as running:
+        yield running
 
 
 def test_images_are_built_as_users_get_them(stack: Stack) -> None:
@@ -310,15 +357,13 @@ def _metrics() -> dict[str, float]:
     return found
 
 
-async def test_calls_into_from_sip_are_won_by_the_demo_applications(stack: Stack) -> None:
-    """Each call: [from-sip] -> [broadcast-via-proxy] -> the stasis-broadcast subroutine ->
-    the proxy offers it to demo-alpha and demo-beta, one wins it (204), answers, holds it,
-    continues it; the dialplan sees STASISSTATUS=SUCCESS and hangs up."""
+async def _call(stack: Stack, count: int, label: str) -> list[str]:
+    """Dial `count` calls into [from-sip] at once, wait until each caller is gone, check that
+    the dialplan saw STASISSTATUS=SUCCESS on every one; the ids of the calls on offer."""
     run = token()
-    callers = [f"e2e-{run}-caller-{i}" for i in range(CALLS)]
+    callers = [f"e2e-{run}-caller-{i}" for i in range(count)]
     # The Local channel's second half runs [from-sip]: that is the call on offer.
-    offered = [f"e2e-{run}-call-{i}" for i in range(CALLS)]
-    before = _metrics()
+    offered = [f"e2e-{run}-call-{i}" for i in range(count)]
     ari = Ari(ASTERISK)
     start = time.monotonic()
     try:
@@ -343,7 +388,7 @@ async def test_calls_into_from_sip_are_won_by_the_demo_applications(stack: Stack
                 )
                 assert subscribed.status_code == 200, subscribed.text
 
-            await asyncio.gather(*(dial(i) for i in range(CALLS)))
+            await asyncio.gather(*(dial(i) for i in range(count)))
             for caller in callers:
                 await caller_app.wait_for(
                     lambda e, c=caller: e["type"] == "ChannelDestroyed" and e["channel"]["id"] == c,
@@ -354,27 +399,39 @@ async def test_calls_into_from_sip_are_won_by_the_demo_applications(stack: Stack
                 for e in caller_app.of_type("ChannelVarset")
                 if e.get("variable") == "STASISSTATUS" and e["channel"]["id"] in offered
             }
-        stack.timings[f"{CALLS} calls"] = time.monotonic() - start
+        stack.timings[label] = time.monotonic() - start
         assert verdicts == dict.fromkeys(offered, "SUCCESS")
         assert (await ari.http.get("channels")).json() == []
     finally:
         await ari.hangup_all()
         await ari.aclose()
+    return offered
 
+
+def _check_races(stack: Stack, offered: list[str], demos: tuple[str, ...] = DEMOS) -> None:
+    """Each call was offered to every one of `demos`, won by exactly one, and continued."""
+    logs = {demo: stack.logs(demo) for demo in demos}
+    for channel in offered:
+        offered_to = [d for d in demos if f"event CallBroadcast channel={channel} " in logs[d]]
+        assert offered_to == list(demos), (channel, offered_to)
+        winners = [
+            d for d in demos if re.search(rf"claim channel={channel} after \d+ ms: won", logs[d])
+        ]
+        assert len(winners) == 1, (channel, winners)
+        assert f"continue channel={channel}: 204" in logs[winners[0]], logs[winners[0]][-3000:]
+
+
+async def test_calls_into_from_sip_are_won_by_the_demo_applications(stack: Stack) -> None:
+    """Each call: [from-sip] -> [broadcast-via-proxy] -> the stasis-broadcast subroutine ->
+    the proxy offers it to demo-alpha and demo-beta, one wins it (204), answers, holds it,
+    continues it; the dialplan sees STASISSTATUS=SUCCESS and hangs up."""
+    before = _metrics()
+    offered = await _call(stack, CALLS, f"{CALLS} calls")
     after = _metrics()
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in set(after) | set(before)}
     assert delta.get("claimed") == CALLS, delta
     assert not {k: v for k, v in delta.items() if k != "claimed" and v}, delta  # no timeout...
-
-    logs = {demo: stack.logs(demo) for demo in DEMOS}
-    for channel in offered:
-        offered_to = [d for d in DEMOS if f"event CallBroadcast channel={channel} " in logs[d]]
-        assert offered_to == list(DEMOS), (channel, offered_to)
-        winners = [
-            d for d in DEMOS if re.search(rf"claim channel={channel} after \d+ ms: won", logs[d])
-        ]
-        assert len(winners) == 1, (channel, winners)
-        assert f"continue channel={channel}: 204" in logs[winners[0]], logs[winners[0]][-3000:]
+    _check_races(stack, offered)
     assert "Traceback" not in stack.logs("proxy")
 
 
@@ -385,3 +442,123 @@ def test_down_leaves_nothing_behind(stack: Stack, capsys: pytest.CaptureFixture[
     with capsys.disabled():
         figures = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in stack.timings.items())
         print(f"\n[compose stack in Docker] {figures}")
+
+
+# --------------------------------------------------------------------------------------------
+# The ha variant: docker-compose.yml + docker-compose.ha.yml, after the single stack is down
+
+
+@pytest.fixture(scope="module")
+def ha_stack(compose_command: list[str], machine: None) -> Iterator[Stack]:
+    stack = Stack(compose_command, _images(compose_command, HA_FILES), files=HA_FILES)
+    with _running(
+        stack,
+        HA_PORTS,
+        build=("asterisk", "proxy", "valkey"),  # cached when the single stack built them
+        replicas=REPLICAS,
+        healthy=("asterisk", "valkey", *REPLICAS),
+    ) as running:
+        yield running
+
+
+def _readyz(base: str) -> dict[str, Any]:
+    response = httpx.get(f"{base}/readyz", timeout=5)
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _leader_gauge(base: str) -> float:
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    match = re.search(r"^ari_proxy_broadcast_leader (\S+)$", text, re.MULTILINE)
+    assert match is not None, text[-2000:]
+    return float(match.group(1))
+
+
+def _wait_one_leader(among: dict[str, str], timeout: float = 30) -> str:
+    """Until exactly one of `among` (service -> base URL) reports leader 1 in /metrics and
+    `"leader": true` in /readyz, and all answer /readyz 200; that service."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            gauges = {name: _leader_gauge(base) for name, base in among.items()}
+            bodies = {name: _readyz(base) for name, base in among.items()}
+            leaders = [name for name, value in gauges.items() if value == 1]
+            last = f"gauges {gauges}, readyz {bodies}"
+            if len(leaders) == 1 and [n for n, b in bodies.items() if b["leader"]] == leaders:
+                assert sorted(gauges.values()) == [0.0] * (len(among) - 1) + [1.0], gauges
+                return leaders[0]
+        except (httpx.HTTPError, AssertionError, ValueError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.1)
+    pytest.fail(f"not exactly one leader among {sorted(among)} within {timeout:.0f} s ({last})")
+
+
+def test_ha_images(ha_stack: Stack) -> None:
+    assert ha_stack.images["proxy-b"] == ha_stack.images["proxy"]
+    valkey = ha_stack.images["valkey"]
+    who = _check(_run(["docker", "run", "--rm", "--network", "host", "--entrypoint", "id", valkey]))
+    assert who.startswith("uid=") and "(valkey)" in who and not who.startswith("uid=0("), who
+    version = _check(_run(["docker", "run", "--rm", "--network", "host", valkey, "--version"]))
+    assert version.startswith("Valkey server v="), version
+
+
+def test_ha_two_replicas_one_leader(ha_stack: Stack) -> None:
+    leader = _wait_one_leader(REPLICAS)
+    bodies = {name: _readyz(base) for name, base in REPLICAS.items()}
+    assert {name: body["replica"] for name, body in bodies.items()} == {
+        "proxy": "proxy-a",
+        "proxy-b": "proxy-b",
+    }
+    assert bodies[leader]["leader"] is True
+    # Each demo application is connected to its own replica.
+    assert {name: body["connected_applications"] for name, body in bodies.items()} == {
+        "proxy": 1,
+        "proxy-b": 1,
+    }
+    # Valkey answers, on loopback, with nothing to persist.
+    container = ha_stack.run("ps", "--quiet", "valkey", timeout=60).strip()
+    config = _check(
+        _run(["docker", "exec", container, "valkey-cli", "-p", "6390", "config", "get", "save"])
+    )
+    assert config.split("\n")[:2] == ["save", ""], config
+
+
+async def test_ha_calls_are_won_through_both_replicas(ha_stack: Stack) -> None:
+    """The leader offers every call to demo-alpha (on proxy) and demo-beta (on proxy-b)
+    alike; each call is won once, and the dialplan sees SUCCESS."""
+    offered = await _call(ha_stack, CALLS, f"{CALLS} calls (ha)")
+    _check_races(ha_stack, offered)
+    for service in REPLICAS:
+        assert "Traceback" not in ha_stack.logs(service), service
+
+
+async def test_ha_leader_stopped_the_other_takes_over(ha_stack: Stack) -> None:
+    """`compose stop` of the leading replica (SIGTERM: it hands the lease over); the other
+    leads, calls are won by the demo application connected to it; then the stopped replica
+    comes back as a follower."""
+    leader = _wait_one_leader(REPLICAS)
+    (survivor,) = set(REPLICAS) - {leader}
+    start = time.monotonic()
+    ha_stack.run("stop", "--timeout", "20", leader, timeout=120)
+    assert _wait_one_leader({survivor: REPLICAS[survivor]}, timeout=30) == survivor
+    ha_stack.timings["stop leader until the other leads"] = time.monotonic() - start
+
+    offered = await _call(ha_stack, 4, "4 calls (one replica)")
+    _check_races(ha_stack, offered, demos=(DEMO_OF[survivor],))
+
+    start = time.monotonic()
+    ha_stack.run("up", "--detach", timeout=300)  # every service running again
+    _wait_ready(ha_stack, REPLICAS, ("asterisk", "valkey", *REPLICAS))
+    assert _wait_one_leader(REPLICAS) in REPLICAS
+    ha_stack.timings["stopped replica back"] = time.monotonic() - start
+
+
+def test_ha_down_leaves_nothing_behind(ha_stack: Stack, capsys: pytest.CaptureFixture[str]) -> None:
+    ha_stack.take_down()
+    assert ha_stack.containers() == []
+    assert [port for kind, port, _ in HA_PORTS if not _port_free(kind, port)] == []
+    with capsys.disabled():
+        figures = ", ".join(f"{k} {v:.1f} s" for k, v in ha_stack.timings.items())
+        print(f"\n[compose ha variant in Docker] {figures}")

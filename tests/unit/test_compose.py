@@ -1,6 +1,7 @@
-"""The container setup: docker-compose.yml, the two Dockerfiles, and examples/racing_app.py.
+"""The container setup: docker-compose.yml and its ha variant docker-compose.ha.yml, the
+Dockerfiles, and examples/racing_app.py.
 
-docker-compose.yml is validated by the real parser (`docker-compose config`, Debian package
+The compose files are validated by the real parser (`docker-compose config`, Debian package
 `docker-compose`); without it these tests fail rather than skip. No Docker engine is needed:
 tests/integration/test_docker_stack.py builds and runs the images in a real one.
 """
@@ -44,9 +45,9 @@ PROXY_ENV = {
 # docker-compose.yml through `docker-compose config`
 
 
-@pytest.fixture(scope="module")
-def compose() -> dict[str, Any]:
-    """The configuration as docker-compose resolved it."""
+def _compose_config(*files: str) -> dict[str, Any]:
+    """The configuration of `files` (later ones override earlier ones) as docker-compose
+    resolved it."""
     exe = shutil.which("docker-compose")
     if exe is None:
         pytest.fail(
@@ -55,7 +56,7 @@ def compose() -> dict[str, Any]:
             pytrace=False,
         )
     result = subprocess.run(
-        [exe, "--file", "docker-compose.yml", "--project-directory", ".", "config"],
+        [exe, *(f"--file={name}" for name in files), "--project-directory", ".", "config"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -66,6 +67,18 @@ def compose() -> dict[str, Any]:
     config = yaml.safe_load(result.stdout)
     assert isinstance(config, dict), result.stdout
     return config
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    """docker-compose.yml alone: the single-proxy stack."""
+    return _compose_config("docker-compose.yml")
+
+
+@pytest.fixture(scope="module")
+def compose_ha() -> dict[str, Any]:
+    """The ha variant: docker-compose.yml overridden by docker-compose.ha.yml."""
+    return _compose_config("docker-compose.yml", "docker-compose.ha.yml")
 
 
 def _services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -202,6 +215,163 @@ def test_demo_services(compose: dict[str, Any]) -> None:
         assert _condition(demo, "proxy") == "service_healthy", name
         names.add(env["RACING_APP_NAME"])
     assert len(names) == 2
+
+
+# --------------------------------------------------------------------------------------------
+# The ha variant: docker-compose.yml + docker-compose.ha.yml
+
+HA_SERVICES = SERVICES | {"valkey", "proxy-b"}
+# What the ha file may change in docker-compose.yml's services; nothing else.
+HA_CHANGES = {"proxy": {"environment", "depends_on"}, "demo-beta": {"environment", "depends_on"}}
+
+
+def _valkey_port(service: dict[str, Any]) -> int:
+    command = service["command"]
+    command = shlex.split(command) if isinstance(command, str) else command
+    return int(command[command.index("--port") + 1])
+
+
+def _listen_port(service: dict[str, Any]) -> int:
+    return int(_environment(service)["ARI_PROXY_LISTEN"].rpartition(":")[2])
+
+
+def test_docker_compose_yml_alone_has_no_cluster(compose: dict[str, Any]) -> None:
+    """The ha variant lives in its own file: docker-compose.yml stays the single proxy."""
+    services = _services(compose)
+    assert set(services) == SERVICES
+    assert not [name for name, service in services.items() if service.get("profiles")]
+    for name, service in services.items():
+        env = _environment(service)
+        assert not {"ARI_PROXY_CLUSTER_URL", "ARI_PROXY_REPLICA_ID"} & set(env), name
+        if "RACING_APP_BASE_URL" in env:
+            assert env["RACING_APP_BASE_URL"] == f"http://{PROXY_ENV['ARI_PROXY_LISTEN']}", name
+
+
+def test_ha_services_on_the_host_network(compose_ha: dict[str, Any]) -> None:
+    services = _services(compose_ha)
+    assert set(services) == HA_SERVICES
+    for name, service in services.items():
+        assert service.get("network_mode") == "host", name
+        if "build" in service:
+            assert service["build"].get("network") == "host", name
+        assert service.get("restart") == "unless-stopped", name
+
+
+def test_ha_changes_only_proxy_and_demo_beta(
+    compose: dict[str, Any], compose_ha: dict[str, Any]
+) -> None:
+    single, ha = _services(compose), _services(compose_ha)
+    for name in SERVICES:
+        changed = {
+            key
+            for key in set(single[name]) | set(ha[name])
+            if single[name].get(key) != ha[name].get(key)
+        }
+        assert changed <= HA_CHANGES.get(name, set()), (name, changed)
+    # proxy: the single proxy's settings plus the cluster's; demo-beta: only its URL.
+    added = {k: v for k, v in _environment(ha["proxy"]).items() if k not in PROXY_ENV}
+    assert set(added) == {"ARI_PROXY_CLUSTER_URL", "ARI_PROXY_REPLICA_ID"}
+    assert _environment(ha["proxy"]) == {**PROXY_ENV, **added}
+    beta_single, beta_ha = _environment(single["demo-beta"]), _environment(ha["demo-beta"])
+    assert {k for k in beta_single if beta_single[k] != beta_ha[k]} == {"RACING_APP_BASE_URL"}
+
+
+def test_ha_replicas(compose_ha: dict[str, Any]) -> None:
+    services = _services(compose_ha)
+    replicas = [services["proxy"], services["proxy-b"]]
+    envs = [_environment(replica) for replica in replicas]
+    # proxy-b is proxy on another port: the same image, upstream, ARI user, broadcast app.
+    assert services["proxy-b"]["image"] == services["proxy"]["image"]
+    assert services["proxy-b"]["build"] == services["proxy"]["build"]
+    for key in ("ARI_PROXY_UPSTREAM", "ARI_PROXY_USERNAME", "ARI_PROXY_PASSWORD"):
+        assert envs[0][key] == envs[1][key] == PROXY_ENV[key], key
+    assert envs[0]["ARI_PROXY_BROADCAST_APP"] == envs[1]["ARI_PROXY_BROADCAST_APP"] == "broadcast"
+    # One cluster: the same Valkey URL; two replicas: distinct ids and ports.
+    port = _valkey_port(services["valkey"])
+    assert envs[0]["ARI_PROXY_CLUSTER_URL"] == envs[1]["ARI_PROXY_CLUSTER_URL"]
+    assert envs[0]["ARI_PROXY_CLUSTER_URL"] == f"redis://127.0.0.1:{port}/0"
+    assert [env["ARI_PROXY_REPLICA_ID"] for env in envs] == ["proxy-a", "proxy-b"]
+    assert [env["ARI_PROXY_LISTEN"] for env in envs] == ["127.0.0.1:8089", "127.0.0.1:8090"]
+    for name, replica in zip(("proxy", "proxy-b"), replicas, strict=True):
+        assert _condition(replica, "asterisk") == "service_healthy", name
+        assert _condition(replica, "valkey") == "service_healthy", name
+        command = _healthcheck_command(replica)
+        assert f"http://{_environment(replica)['ARI_PROXY_LISTEN']}/readyz" in command, name
+        assert replica["healthcheck"]["test"][:2] == ["CMD", "python"], name
+        assert "urllib.request.urlopen(" in command, name
+        assert replica["healthcheck"] == {
+            **services["proxy"]["healthcheck"],
+            "test": replica["healthcheck"]["test"],
+        }, name
+
+
+def test_ha_demos_race_through_different_replicas(compose_ha: dict[str, Any]) -> None:
+    services = _services(compose_ha)
+    for demo, replica in (("demo-alpha", "proxy"), ("demo-beta", "proxy-b")):
+        listen = _environment(services[replica])["ARI_PROXY_LISTEN"]
+        assert _environment(services[demo])["RACING_APP_BASE_URL"] == f"http://{listen}", demo
+        assert _condition(services[demo], replica) == "service_healthy", demo
+        assert services[demo]["image"] == services["proxy"]["image"], demo
+
+
+def test_valkey_service(compose_ha: dict[str, Any]) -> None:
+    valkey = _services(compose_ha)["valkey"]
+    build = valkey["build"]
+    assert (Path(build["context"]) / build["dockerfile"]).resolve() == (
+        ROOT / "docker" / "valkey.Dockerfile"
+    )
+    command = valkey["command"]
+    assert command[command.index("--bind") + 1] == "127.0.0.1"
+    # Nothing persisted: no RDB snapshots, no append-only file.
+    assert command[command.index("--save") + 1] == ""
+    assert command[command.index("--appendonly") + 1] == "no"
+    port = _valkey_port(valkey)
+    check = _healthcheck_command(valkey)
+    assert valkey["healthcheck"]["test"][0] == "CMD-SHELL"
+    assert f"valkey-cli -h 127.0.0.1 -p {port} ping" in check, check
+    assert "grep -qx PONG" in check, "an error reply must fail the check"
+
+
+def test_ha_ports_do_not_clash(compose_ha: dict[str, Any]) -> None:
+    """Every listener of the ha variant on its own port, none on a system Redis's 6379."""
+    services = _services(compose_ha)
+    http = _conf("http.conf")["general"]
+    sip = re.search(r"^bind\s*=\s*127\.0\.0\.1:(\d+)", (CONF / "pjsip.conf").read_text(), re.M)
+    assert sip is not None
+    tcp = [
+        int(http["bindport"]),
+        _listen_port(services["proxy"]),
+        _listen_port(services["proxy-b"]),
+        _valkey_port(services["valkey"]),
+    ]
+    assert len(set(tcp)) == len(tcp), tcp
+    assert 6379 not in tcp
+    assert int(sip.group(1)) == 5060
+
+
+def test_scripts_stack_uses_the_compose_ports(compose_ha: dict[str, Any]) -> None:
+    """scripts/stack's sandbox variant listens where the compose ha variant does."""
+    script = (ROOT / "scripts" / "stack").read_text()
+    defaults = dict(re.findall(r"^\w+=\$\{(STACK_\w+):-([^}]*)\}$", script, re.M))
+    services = _services(compose_ha)
+    assert int(defaults["STACK_PROXY_PORT"]) == _listen_port(services["proxy"])
+    assert int(defaults["STACK_PROXY_B_PORT"]) == _listen_port(services["proxy-b"])
+    assert int(defaults["STACK_REDIS_PORT"]) == _valkey_port(services["valkey"])
+    assert "-f docker-compose.yml -f docker-compose.ha.yml" in script
+    assert "--remove-orphans" in script
+
+
+def test_valkey_image(compose_ha: dict[str, Any]) -> None:
+    dockerfile = ROOT / "docker" / "valkey.Dockerfile"
+    stages = _stages(dockerfile)
+    assert len(stages) == 1
+    # The proxy's base image: scripts/docker-engine makes it (it reads the proxy's Dockerfile).
+    assert stages[0][0] == _base_image(_stages(ROOT / "Dockerfile"), 0) == "debian:trixie-slim"
+    assert _apt_install_packages(dockerfile) == ["valkey-server"]
+    instructions = dict(stages[0][2])
+    assert instructions["USER"] == "valkey"
+    assert json.loads(instructions["ENTRYPOINT"]) == ["valkey-server"]
+    assert json.loads(instructions["CMD"]) == _services(compose_ha)["valkey"]["command"]
 
 
 # --------------------------------------------------------------------------------------------
