@@ -163,7 +163,8 @@ class Replica:
                 handed = await self._store.release(self.lease.token)
             if handed:
                 log.info("handing the broadcast application over to another replica")
-                await self._wait_replaced()
+                handed = await self._hand_over()
+            if handed:
                 self._step_down()
                 await self._controller.follow()
         tasks = [*self._tasks, *self._pending.values()]
@@ -177,12 +178,27 @@ class Replica:
                 await self._store.aclose()
         return handed
 
-    async def _wait_replaced(self) -> None:
-        """Until the new leader's socket replaced this one's (no gap for arriving calls)."""
+    async def _hand_over(self) -> bool:
+        """Wait until the new leader's socket replaced this one's (no gap for arriving
+        calls). Nobody came (the others are stopping too): take the lease back, if it is
+        still free, and return False, so that the calls on offer go back to the dialplan
+        under it, as one proxy does; someone holds it: they are that leader's now."""
         deadline = self._clock.now() + HANDOFF_WAIT
         supervisor = self._controller.supervisor
         while supervisor.ready and self._clock.now() < deadline:
             await self._clock.sleep(0.02)
+        if not supervisor.ready:
+            return True
+        sent = self._clock.now()
+        try:
+            taken_back = await self._store.acquire(self.lease.new_token(), self.lease.ttl_ms)
+        except ClusterUnavailable:
+            taken_back = False
+        if not taken_back:
+            return True
+        self.lease.granted(sent)
+        log.warning("no replica took the broadcast application over: returning its calls")
+        return False
 
     # -- leadership ---------------------------------------------------------------------------
 

@@ -521,3 +521,30 @@ async def test_redis_unreachable_past_the_lease(
             assert len(won) <= 1, (channel_id, run.claims[channel_id])
             assert run.starts[channel_id] == won, (channel_id, run.starts[channel_id])
     assert await parked(ari) == []
+
+
+async def test_the_whole_cluster_stopping_returns_its_calls(
+    cluster: list[Replica], ari: Ari
+) -> None:
+    """SIGTERM to every replica at once (a `down` of the stack): nobody takes the leader's
+    calls over, so they go back to the dialplan (TIMEOUT) as with one proxy, long before
+    their own timeout; none is left in the broadcast application."""
+    await wait_leader(cluster)
+    run = Run(cluster, ari)
+    try:
+        for _ in range(5):
+            await run.call("30000")
+        async with asyncio.timeout(10):
+            while len(await parked(ari)) < 5:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)  # polling: parked calls are only a listing
+        stopped_at = time.monotonic()
+        for replica in cluster:
+            replica.process.send_signal(signal.SIGTERM)
+        results = await run.results(20)
+        took = time.monotonic() - stopped_at
+        print(f"whole cluster stopped: calls back in {took:.2f} s: {dict(results)}")
+        assert results == Counter({"TIMEOUT": 5, "missing": 0}), results
+        assert took < 15
+        assert await parked(ari) == []
+    finally:
+        await run.aclose()
