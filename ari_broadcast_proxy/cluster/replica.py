@@ -38,51 +38,21 @@ from ..errors import ClusterUnavailable
 from ..metrics import Metrics
 from ..registry import AppRegistry
 from .codec import offer_from_wire, offer_to_wire
-from .lease import RENEW_EVERY, Lease
+from .leadership import Leadership
+from .membership import ClusterAudience, Membership
 from .store import Record, SharedStore, now_ms
 
-__all__ = ["ClusterAudience", "Replica"]
+__all__ = ["Replica"]
 
 log = logging.getLogger(__name__)
 
-POLL_EVERY = 0.25  # a follower tries for the lease; a verdict Redis could not take is retried
-ANNOUNCE_TTL_MS = 3000  # a replica's applications count this long after its last announcement
-ANNOUNCE_EVERY = 1.0
+RETRY_EVERY = 0.25  # a verdict or an offer Redis could not take is tried again
 RECONCILE_AFTER = 3.0  # a claim without word of its session this long is checked in Redis
 FOLLOWER_SLACK = 3.0  # a mirror of an offer ends on its own this long after its deadline
-HANDOFF_WAIT = 2.0  # SIGTERM: how long the old leader waits for the new one's registration
 RECONNECT_GRACE = 2.0  # a winner whose replica stopped has this long to reconnect elsewhere
 STOP_WAIT = 1.0  # SIGTERM: how long its own loops and Redis connections get to close
 
 _OUTCOMES = {204: ClaimOutcome.WON, 404: ClaimOutcome.NOT_FOUND, 409: ClaimOutcome.CONFLICT}
-
-
-class ClusterAudience:
-    """The applications connected to every live replica (this one's own always current)."""
-
-    def __init__(self, registry: AppRegistry) -> None:
-        self._registry = registry
-        self._others: dict[str, set[str]] = {}
-
-    def apps(self) -> list[str]:
-        apps = set(self._registry.apps())
-        for others in self._others.values():
-            apps |= others
-        return list(apps)
-
-    def connected(self, app: str) -> bool:
-        return self._registry.connected(app) or any(app in s for s in self._others.values())
-
-    def update(self, replica: str, apps: set[str]) -> None:
-        self._others[replica] = apps
-
-    def replace(self, others: dict[str, set[str]]) -> None:
-        self._others = others
-
-    @property
-    def replicas(self) -> int:
-        """Other live replicas."""
-        return len(self._others)
 
 
 class Replica:
@@ -102,29 +72,33 @@ class Replica:
         self._metrics = metrics
         self._clock = clock
         self.name = store.replica
-        self.lease = Lease(store.replica)
+        self.leadership = Leadership(
+            store,
+            controller,
+            metrics,
+            clock,
+            renewed_late=lambda: self._executor.execute(self._core.taken_over()),
+            lease_vanished=self._reseed,
+        )
+        self.lease = self.leadership.lease
         self.audience = ClusterAudience(registry)
+        self.membership = Membership(store, registry, self.audience, self._reconcile)
         self._pending: dict[str, asyncio.Task[None]] = {}  # offers being recorded
         self._tasks: list[asyncio.Task[None]] = []
-        self._wake = asyncio.Event()  # the leader resigned: try for the lease now
-        self._announce = asyncio.Event()  # this replica's applications changed
-        self._store_up = False
-        self._leader_seen = False
         executor = controller.executor
         executor.audience = self.audience
-        executor.acting = self.acting
+        executor.acting = self.leadership.acting
         executor.on_deadline = self._on_deadline
         executor.on_end = self._on_end
         executor.reconnect_grace = RECONNECT_GRACE
         controller.recovery.adopt = self.adopt
         controller.recovery.busy = lambda: set(self._pending)
-        registry.on_change.append(self._announce.set)
         controller.attach(self)
 
     # -- state --------------------------------------------------------------------------------
 
     def acting(self) -> bool:
-        return self.lease.holds(self._clock.now())
+        return self.leadership.acting()
 
     @property
     def leading(self) -> bool:
@@ -134,39 +108,30 @@ class Replica:
     def ready(self) -> bool:
         """Redis answers and a leader holds the broadcast application (this one, or another
         this replica saw holding the lease)."""
-        if not self._store_up:
+        if not self._store.up:
             return False
         if self.lease.leading:
             return self._controller.supervisor.ready
-        return self._leader_seen
+        return self.leadership.leader_seen
 
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
         for name, loop in (
-            ("lease", self._lease_loop),
+            ("lease", self.leadership.run),
             ("messages", self._message_loop),
-            ("announce", self._announce_loop),
+            ("membership", self.membership.run),
         ):
             self._tasks.append(asyncio.create_task(loop(), name=f"replica-{name}"))
 
     async def stop(self) -> bool:
         """SIGTERM. Returns True when another replica leads now (nothing to send back)."""
-        handed = False
-        lease_loop = self._tasks[0] if self._tasks else None
-        if lease_loop is not None:
-            lease_loop.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lease_loop
-        if self.lease.leading and self.audience.replicas:
-            with contextlib.suppress(ClusterUnavailable):
-                handed = await self._store.release(self.lease.token)
-            if handed:
-                log.info("handing the broadcast application over to another replica")
-                handed = await self._hand_over()
-            if handed:
-                self._step_down()
-                await self._controller.follow()
+        if self._tasks:  # the lease loop first: it must not take the lease back meanwhile
+            self._tasks[0].cancel()
+            await asyncio.wait(self._tasks[:1])
+        handed = self.lease.leading and bool(self.audience.replicas)
+        if handed:
+            handed = await self.leadership.hand_off()
         tasks = [*self._tasks, *self._pending.values()]
         for task in tasks:
             task.cancel()
@@ -177,95 +142,6 @@ class Replica:
             async with asyncio.timeout(STOP_WAIT):
                 await self._store.aclose()
         return handed
-
-    async def _hand_over(self) -> bool:
-        """Wait until the new leader's socket replaced this one's (no gap for arriving
-        calls). Nobody came (the others are stopping too): take the lease back, if it is
-        still free, and return False, so that the calls on offer go back to the dialplan
-        under it, as one proxy does; someone holds it: they are that leader's now."""
-        deadline = self._clock.now() + HANDOFF_WAIT
-        supervisor = self._controller.supervisor
-        while supervisor.ready and self._clock.now() < deadline:
-            await self._clock.sleep(0.02)
-        if not supervisor.ready:
-            return True
-        sent = self._clock.now()
-        try:
-            taken_back = await self._store.acquire(self.lease.new_token(), self.lease.ttl_ms)
-        except ClusterUnavailable:
-            taken_back = False
-        if not taken_back:
-            return True
-        self.lease.granted(sent)
-        log.warning("no replica took the broadcast application over: returning its calls")
-        return False
-
-    # -- leadership ---------------------------------------------------------------------------
-
-    async def _lease_loop(self) -> None:
-        while True:
-            sent = self._clock.now()
-            try:
-                await self._lease_step(sent)
-                self._up()
-            except ClusterUnavailable as exc:
-                self._down(exc)
-                if self.lease.lapsed(self._clock.now()):
-                    log.error("the lease could not be renewed in time: stepping down")
-                    await self._follow()
-            pause = RENEW_EVERY if self.lease.leading else POLL_EVERY
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(pause):
-                    await self._wake.wait()
-
-    async def _lease_step(self, sent: float) -> None:
-        store, lease = self._store, self.lease
-        if lease.leading:
-            lapsed = lease.lapsed(sent)
-            if await store.renew(lease.token, lease.ttl_ms):
-                lease.granted(sent)
-                if lapsed:  # hand-overs dropped meanwhile are written now
-                    log.warning("the lease was renewed late; locating claimed calls")
-                    self._executor.execute(self._core.taken_over())
-                return
-            # Gone from Redis (restarted empty?) or taken: try again, before stepping down.
-            if await store.acquire(lease.token, lease.ttl_ms):
-                lease.granted(sent)
-                log.warning("the lease had vanished from Redis; re-recorded this replica's calls")
-                await self._reseed()
-                return
-            log.warning("another replica holds the lease now: following")
-            await self._follow()
-            return
-        if await store.acquire(lease.new_token(), lease.ttl_ms):
-            lease.granted(sent)
-            self._leader_seen = True
-            self._metrics.leader.set(1)
-            log.info("leading: holding the broadcast application (lease %s)", lease.token)
-            self._controller.lead()
-        else:
-            self._leader_seen = True
-
-    async def _follow(self) -> None:
-        self._step_down()
-        await self._controller.follow()
-
-    def _step_down(self) -> None:
-        if self.lease.leading:
-            self._metrics.leader.set(0)
-        self.lease.lost()
-
-    def _up(self) -> None:
-        if not self._store_up:
-            log.info("Redis answers")
-        self._store_up = True
-
-    def _down(self, exc: ClusterUnavailable) -> None:
-        if self._store_up:
-            log.error("%s", exc.message)
-        self._store_up = False
-        self._leader_seen = False
 
     # -- offers -------------------------------------------------------------------------------
 
@@ -289,7 +165,7 @@ class Replica:
         wire = offer_to_wire(offer)
         while self.lease.leading:
             if not self.acting():  # a renewal is late: it may yet come
-                await self._clock.sleep(POLL_EVERY)
+                await self._clock.sleep(RETRY_EVERY)
                 continue
             try:
                 if not await self._store.offer(
@@ -298,7 +174,7 @@ class Replica:
                     return  # another replica leads: it finds the call parked and offers it
             except ClusterUnavailable as exc:
                 log_channel(logging.WARNING, channel_id, "cannot offer it yet: %s", exc.message)
-                await self._clock.sleep(POLL_EVERY)
+                await self._clock.sleep(RETRY_EVERY)
                 continue
             self._controller.open_offer(
                 channel_id, offer, recipients, started, self._local(deadline_ms)
@@ -379,7 +255,7 @@ class Replica:
             self._retry_deadline(channel_id)
 
     def _retry_deadline(self, channel_id: str) -> None:
-        self._executor.execute([ArmTimer(channel_id, self._clock.now() + POLL_EVERY)])
+        self._executor.execute([ArmTimer(channel_id, self._clock.now() + RETRY_EVERY)])
 
     async def _settle(self, channel_id: str) -> None:
         """The leader's deadline: Redis says TIMEOUT, or who claimed it first."""
@@ -419,9 +295,9 @@ class Replica:
             try:
                 async for message in self._store.messages():
                     self._on_message(message)
-            except ClusterUnavailable as exc:
-                self._down(exc)
-            await self._clock.sleep(POLL_EVERY)
+            except ClusterUnavailable:
+                pass  # logged by the store; subscribe again
+            await self._clock.sleep(RETRY_EVERY)
 
     def _on_message(self, message: dict[str, Any]) -> None:
         kind, channel_id = message.get("k"), str(message.get("c", ""))
@@ -439,33 +315,14 @@ class Replica:
                 # Its own word can arrive before the answer of the script that sent it: the
                 # replica that ended a broadcast has already ended its own mirror of it.
                 self._executor.execute(self._core.dismiss(channel_id, now))
-            elif kind == "apps" and not mine:
-                self.audience.update(str(message["r"]), set(message["apps"]))
-                self._announce.set()
+            elif kind == "apps":
+                self.membership.heard(str(message["r"]), message["apps"])
             elif kind == "resign" and not mine:
-                self._wake.set()
+                self.leadership.wake()
         except Exception:
             log.exception("replica message %r could not be handled", kind)
 
-    # -- membership ---------------------------------------------------------------------------
-
-    async def _announce_loop(self) -> None:
-        changed = True
-        while True:
-            try:
-                await self._store.announce(self._registry.apps(), ANNOUNCE_TTL_MS, changed)
-                changed = False
-                others = await self._store.replicas()
-                others.pop(self.name, None)
-                self.audience.replace(others)
-                await self._reconcile()
-            except ClusterUnavailable as exc:
-                self._down(exc)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(ANNOUNCE_EVERY):
-                    await self._announce.wait()
-                    changed = True
-            self._announce.clear()
+    # -- upkeep -------------------------------------------------------------------------------
 
     async def _reconcile(self) -> None:
         """Claims this replica's mirror has held for a while without word of the winner's

@@ -19,6 +19,7 @@ survive a replica's absence is in the keys above.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from dataclasses import dataclass, field
@@ -34,6 +35,8 @@ from ..errors import ClusterUnavailable
 from . import scripts
 
 __all__ = ["Keys", "Record", "SharedStore"]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Arg = str | int  # what the scripts take
@@ -118,6 +121,7 @@ class SharedStore:
         self._release = register(scripts.LEASE_RELEASE)
         self._set_apps = register(scripts.SET_APPS)
         self.operations = 0  # round trips to Redis, for the bench and /metrics
+        self.up = False  # the last round trip was answered
 
     async def aclose(self) -> None:
         await self._redis.aclose()
@@ -127,11 +131,23 @@ class SharedStore:
         self.operations += 1
         try:
             async with asyncio.timeout(self._timeout):
-                return await operation
+                result = await operation
         except (RedisError, OSError) as exc:
-            raise ClusterUnavailable(f"{what}: {exc or type(exc).__name__}") from None
+            raise self._unavailable(f"{what}: {exc or type(exc).__name__}") from None
         except TimeoutError:
-            raise ClusterUnavailable(f"{what}: no answer in {self._timeout:g} s") from None
+            raise self._unavailable(f"{what}: no answer in {self._timeout:g} s") from None
+        if not self.up:
+            log.info("Redis answers")
+            self.up = True
+        return result
+
+    def _unavailable(self, why: str) -> ClusterUnavailable:
+        """Logged once per outage (every caller still gets its 503)."""
+        error = ClusterUnavailable(why)
+        if self.up:
+            log.error("%s", error.message)
+            self.up = False
+        return error
 
     def message(self, kind: str, channel_id: str = "", **fields: Any) -> str:
         return orjson.dumps({"k": kind, "r": self.replica, "c": channel_id, **fields}).decode()
@@ -294,6 +310,6 @@ class SharedStore:
                     if message is not None and message.get("type") == "message":
                         yield orjson.loads(message["data"])
             except (RedisError, OSError) as exc:
-                raise ClusterUnavailable(f"messages: {exc or type(exc).__name__}") from None
+                raise self._unavailable(f"messages: {exc or type(exc).__name__}") from None
         finally:
             await pubsub.aclose()  # type: ignore[no-untyped-call]
