@@ -302,25 +302,35 @@ class Replica:
     def _on_message(self, message: dict[str, Any]) -> None:
         kind, channel_id = message.get("k"), str(message.get("c", ""))
         mine = message.get("r") == self.name
-        now = self._clock.now()
         try:
             if kind == "offer" and not mine:
                 self._mirror(channel_id, message["o"], message["to"], int(message["d"]))
-            elif kind == "claimed":
-                self._executor.execute(self._core.claim(channel_id, message["app"], now)[1])
-            elif kind == "started":
-                commands = self._core.session_started(channel_id, message["app"], now)
-                self._executor.execute(commands)
-            elif kind == "ended" and not mine:
-                # Its own word can arrive before the answer of the script that sent it: the
-                # replica that ended a broadcast has already ended its own mirror of it.
-                self._executor.execute(self._core.dismiss(channel_id, now))
+            elif kind in ("claimed", "started") or (kind == "ended" and not mine):
+                # The leader publishes an offer before it opens its own (the script's answer
+                # comes after): word of the call can arrive before the call is open here.
+                self.after_offer(channel_id, self._follow_word, kind, channel_id, message)
             elif kind == "apps":
                 self.membership.heard(str(message["r"]), message["apps"])
             elif kind == "resign" and not mine:
                 self.leadership.wake()
         except Exception:
             log.exception("replica message %r could not be handled", kind)
+
+    def _follow_word(self, kind: str, channel_id: str, message: dict[str, Any]) -> None:
+        """What another replica (or Redis, for a claim) said of a call."""
+        now = self._clock.now()
+        try:
+            if kind == "claimed":
+                commands = self._core.claim(channel_id, message["app"], now)[1]
+            elif kind == "started":
+                commands = self._core.session_started(channel_id, message["app"], now)
+            else:
+                # Ended. Not its own word: that can arrive before the answer of the script
+                # that sent it, and the replica that ended a broadcast has ended its mirror.
+                commands = self._core.dismiss(channel_id, now)
+            self._executor.execute(commands)
+        except Exception:
+            log.exception("channel %s: word %r could not be followed", channel_id, kind)
 
     # -- upkeep -------------------------------------------------------------------------------
 
