@@ -1,12 +1,14 @@
 """bench/run: native StasisBroadcast vs ari-broadcast-proxy on one real Asterisk.
 
-    bench/run                 full run (about 8 minutes on 2 cores)
+    bench/run                 full run (about 10 minutes on 2 cores)
     bench/run --quick         small run for smoke-testing (under 2 minutes)
     bench/run --only latency,passthrough
     bench/run --json /tmp/x.json
 
 Sections: latency (broadcast and claim latency with 1/10/50 applications), throughput,
-passthrough (REST cost), relay (events/s), memory (proxy RSS after 1k and 10k calls).
+passthrough (REST cost), relay (events/s), memory (proxy RSS after 1k and 10k calls),
+replicas (1, 2 and 3 replicas sharing a redis-server against one proxy without Redis:
+throughput, claim latency, Redis operations per call; 1.5-3 minutes, quick under 40 s).
 """
 
 from __future__ import annotations
@@ -27,13 +29,28 @@ from typing import Any
 
 import psutil
 
-from . import report, sections
+from . import replicas, report, sections
 from .stack import ROOT, Admin, AsteriskInstance, ProxyInstance
 from .workers import WorkerHandle
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("latency", "throughput", "passthrough", "relay", "memory")
-ALIASES = {"broadcast": "latency", "claim": "latency", "rss": "memory", "events": "relay"}
+SECTIONS = ("latency", "throughput", "passthrough", "relay", "memory", "replicas")
+ALIASES = {
+    "broadcast": "latency",
+    "claim": "latency",
+    "rss": "memory",
+    "events": "relay",
+    "cluster": "replicas",
+    "redis": "replicas",
+}
+RUNNERS = {
+    "latency": sections.latency,
+    "throughput": sections.throughput,
+    "passthrough": sections.passthrough,
+    "relay": sections.relay,
+    "memory": sections.memory,
+    "replicas": replicas.replicas,
+}
 # Applications are spread over this many processes (app i in process i mod 5): two racing
 # applications per event loop and connection pool, so a claim rarely waits behind another
 # application's, without paying for ten event loops on two cores.
@@ -49,6 +66,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         "passthrough": {"n": 1000, "warmup": 50, "concurrency": 4, "duration": 3},
         "relay": {"iterations": 10000, "loops": 2, "rounds": 2},
         "memory": {"first": 1000, "total": 10000, "rate": 100, "settle": 6},
+        "replicas": {
+            "counts": (1, 2, 3),
+            "rates": [60, 120, 240, 360, 480, 640],
+            "step_seconds": 3,
+            "latency_calls": 100,
+            "latency_rate": 20,
+            "warmup": 5,
+            "idle_seconds": 2,
+        },
     },
     "quick": {
         "latency": {"app_counts": (1, 10, 50), "calls": 20, "rate": 20, "warmup": 2},
@@ -56,6 +82,15 @@ PROFILES: dict[str, dict[str, Any]] = {
         "passthrough": {"n": 200, "warmup": 20, "concurrency": 4, "duration": 1},
         "relay": {"iterations": 3000, "loops": 1, "rounds": 1},
         "memory": {"first": 200, "total": 1000, "rate": 100, "settle": 6},
+        "replicas": {
+            "counts": (1, 2, 3),
+            "rates": [40, 160],
+            "step_seconds": 1.5,
+            "latency_calls": 30,
+            "latency_rate": 30,
+            "warmup": 3,
+            "idle_seconds": 1,
+        },
     },
 }
 
@@ -151,7 +186,7 @@ async def measure(
                     params["first"] = min(params["first"], args.mem_calls)
                 if args.mem_rate:
                     params["rate"] = args.mem_rate
-            out[name] = await getattr(sections, name)(ctx, **params)
+            out[name] = await RUNNERS[name](ctx, **params)
             out[name]["params"] = {
                 k: list(v) if isinstance(v, tuple) else v for k, v in params.items()
             }

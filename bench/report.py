@@ -31,8 +31,11 @@ def render(data: dict[str, Any]) -> str:
         f"- CPU over the measurements ({cpu['wall_s']} s, share of {m['cores']} cores): load "
         f"generator {_pct(cpu['generator_share'])} ({gen['processes']} worker processes: "
         f"{gen['processes'] - 1} with the applications, 1 originator), proxy "
-        f"{_pct(cpu['proxy_share'])}, Asterisk "
-        f"{_pct(cpu['asterisk_share'])}, everything else on the machine "
+        f"{_pct(cpu['proxy_share'])}"
+        + (" (with the replicas)" if cpu.get("redis_share") else "")
+        + f", Asterisk {_pct(cpu['asterisk_share'])}"
+        + (f", redis-server {_pct(cpu['redis_share'])}" if cpu.get("redis_share") else "")
+        + ", everything else on the machine "
         f"{_pct(cpu['other_share'])}; whole run {meta['total_seconds']} s",
         "",
     ]
@@ -252,12 +255,138 @@ def render(data: dict[str, Any]) -> str:
             )
         )
 
+    if "replicas" in results:
+        lines += _replicas(results["replicas"])
+
     if verdicts:
         lines += ["### Targets", ""]
         for name, ok, detail in verdicts:
             mark = "n/a" if ok is None else ("met" if ok else "NOT met")
             lines.append(f"- {name}: **{mark}** ({detail})")
     return "\n".join(lines)
+
+
+def _pair(d: dict[str, Any] | None, a: str = "p50", b: str = "p95", digits: int = 2) -> str:
+    if not d:
+        return "-"
+    return f"{_f(d.get(a), digits)} / {_f(d.get(b), digits)}"
+
+
+def _x(ratio: float | None) -> str:
+    return "-" if ratio is None else f"x{ratio:.2f}"
+
+
+def _ops(ops: dict[str, Any] | None) -> str:
+    if not ops:
+        return "-"
+    return f"{_f(ops['per_call_raw'], 1)} / {_f(ops['per_call_net'], 1)}"
+
+
+def _outcome(step: dict[str, Any]) -> str:
+    if step["passed"]:
+        return "ok"
+    return "FAILED (late only)" if step.get("continued") else "FAILED"
+
+
+def _replicas(r: dict[str, Any]) -> list[str]:
+    """Section 6: the replicas against the single proxy without Redis."""
+    setups, summary = r["setups"], r["summary"]
+    p = r.get("settings", {})
+    lines = [
+        f"### 6. Replicas sharing Redis ({r['apps']} racing applications spread over the replicas)",
+        "",
+        "Baseline: the benchmark's proxy without Redis, in this run. Then 1, 2 and 3 replicas "
+        "(`--cluster-url`, one",
+        "redis-server), each setup started fresh and stopped before the next; application i "
+        "connects to replica",
+        "i mod N and claims through it. Claim: the winner's CallBroadcast received -> its 204 "
+        f"(at {_f(p.get('latency_rate'))} calls/s,",
+        f"{_f(p.get('latency_calls'))} calls). Throughput: the section 3 ladder in "
+        f"{_f(p.get('step_seconds'))} s steps; a step also fails when origination -> "
+        "StasisStart p95",
+        f"exceeds {_f(p.get('backlog_ms'))} ms (a backlog: short steps end before one costs "
+        "the timeout). Redis ops/call: the rise",
+        "of `ari_proxy_cluster_operations` over all replicas / calls, raw and net of the idle "
+        f"rate (measured over {_f(p.get('idle_seconds'))} s);",
+        "scripts/call: the scripts Redis itself ran per call, less announcements and lease "
+        "renewals. x: ratio to no Redis.",
+        "",
+        "| setup | calls/s sustained | x | kept up to* | x | claim p50 / p95 ms | x p50 / p95 | "
+        "claim -> StasisStart p50 / p95 | broadcast p50 / p95 | Redis ops/call raw / net | "
+        "scripts/call | idle ops/s (expected) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in summary:
+        ratio = row.get("ratio") or {}
+        ops = row["ops_per_call"]
+        idle = row["idle_ops_per_s"]
+        sustained = _f(row["calls_per_s"])
+        if row["broke_at"] is None and row["calls_per_s"] is not None:
+            sustained = f">= {row['calls_per_s']:g}"  # the ladder's top: did not break
+        elif row["calls_per_s"] is None and row["broke_at"] is not None:
+            sustained = f"< {row['broke_at']:g}"
+        expected = next(
+            (s.get("idle_expected_ops_per_s") for s in setups if s["setup"] == row["setup"]),
+            None,
+        )
+        lines.append(
+            f"| {row['setup']} | {sustained} | {_x(ratio.get('calls_per_s'))} | "
+            f"{_f(row.get('kept_up_to'))} | {_x(ratio.get('kept_up_to'))} | "
+            f"{_pair(row['claim_answer_ms'])} | {_x(ratio.get('claim_answer_p50'))} / "
+            f"{_x(ratio.get('claim_answer_p95'))} | {_pair(row['claim_to_start_ms'])} | "
+            f"{_pair(row['broadcast_ms'])} | {_ops(ops)} | "
+            f"{_f((ops or {}).get('scripts_per_call'))} | "
+            f"{_f(idle, 1)}{'' if expected is None else f' ({expected:g})'} |"
+        )
+    lines += [
+        "",
+        "\\* kept up to: the highest rate up to which every step passed or lost only a few "
+        "calls (<= 1 %) to a late",
+        "StasisStart, with no backlog; the ladder climbs on past such steps, the rule's figure "
+        "stays the one before.",
+        "",
+        "| setup | calls/s target | achieved | claimed | claim p50 / p95 ms | origination -> "
+        "StasisStart p95 ms | Redis ops/call raw / net | scripts/call | CPU gen / proxies / "
+        "Asterisk / Redis / other | busiest replica | result |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in setups:
+        for step in s["throughput"]["steps"]:
+            cpu = step["cpu"]
+            cores = cpu.get("replica_cores")
+            lines.append(
+                f"| {s['setup']} | {step['target_rate']:g} | {_f(step['achieved_rate'], 1)} | "
+                f"{step['claimed']}/{step['calls']} | {_pair(step['claim_answer_ms'])} | "
+                f"{_f(step['end_to_end_ms']['p95'])} | {_ops(step.get('redis_ops'))} | "
+                f"{_f((step.get('redis_ops') or {}).get('scripts_per_call'))} | "
+                f"{_pct(cpu['generator_share'])} / {_pct(cpu['proxy_share'])} / "
+                f"{_pct(cpu['asterisk_share'])} / {_pct(cpu.get('redis_share'))} / "
+                f"{_pct(cpu['other_share'])} | "
+                f"{'-' if not cores else f'{max(cores) * 100:.0f}% of a core'} | "
+                f"{_outcome(step)} |"
+            )
+    lines.append("")
+    for s in setups:
+        broke = next(iter(s["throughput"]["broke"].values()), None)
+        if broke:
+            reasons = "; ".join(
+                f"{k} ({v})" if v else k for k, v in list(broke["reasons"].items())[:4]
+            )
+            text = f"- {s['setup']}: broke at {broke['rate']:g}/s: {reasons or 'n/a'}"
+            if broke.get("diagnosis"):
+                text += "; " + "; ".join(broke["diagnosis"])
+            lines.append(text)
+        idle, expected = s.get("idle_ops_per_s"), s.get("idle_expected_ops_per_s")
+        if idle is not None and expected and idle > 3 * expected:
+            lines.append(
+                f"- {s['setup']}: idle Redis traffic {idle:.0f} round trips/s "
+                f"({s.get('idle_announcements_per_s', 0):.0f} announcements/s), where the "
+                f"loops' periods make about {expected:g}/s: the replicas keep announcing to "
+                "one another. The net per-call figure subtracts an idle rate that changes "
+                "with load; scripts/call (Redis's own count) does not depend on it."
+            )
+    lines.append("")
+    return lines
 
 
 def _floor_note(round_trip: float | None, trips: float) -> str:

@@ -16,6 +16,7 @@ import asyncio
 import itertools
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,13 +42,12 @@ def pct(values: list[float], p: float) -> float | None:
 
 
 def ms(values: list[float]) -> dict[str, float | int | None]:
-    """p50/p99 (and n) in milliseconds."""
-    p50, p99 = pct(values, 50), pct(values, 99)
-    return {
-        "n": len(values),
-        "p50": None if p50 is None else round(p50 * 1000, 3),
-        "p99": None if p99 is None else round(p99 * 1000, 3),
-    }
+    """p50/p95/p99 (and n) in milliseconds."""
+    out: dict[str, float | int | None] = {"n": len(values)}
+    for p in (50, 95, 99):
+        value = pct(values, p)
+        out[f"p{p}"] = None if value is None else round(value * 1000, 3)
+    return out
 
 
 @dataclass
@@ -59,6 +59,11 @@ class Context:
     originator: WorkerHandle
     cores: int = field(default_factory=lambda: psutil.cpu_count() or 1)
     log: Any = print
+    # Processes a section starts and stops itself (the replicas, redis-server), by CPU bucket
+    # ("proxy", "redis"): counted while they run, and their CPU once they ended, so that a
+    # meter spanning their life sees all of it.
+    extra_pids: dict[str, list[int]] = field(default_factory=dict)
+    retired_cpu: dict[str, float] = field(default_factory=dict)
     _seq: itertools.count = field(default_factory=lambda: itertools.count(1))
 
     def tag(self, path: str) -> str:
@@ -70,6 +75,21 @@ class Context:
     @property
     def generator_pids(self) -> list[int]:
         return [w.pid for w in (*self.app_workers, self.originator)]
+
+    def cpu(self, bucket: str, *own: int) -> float:
+        """CPU seconds so far of a bucket's extra processes (plus `own`), ended ones included."""
+        pids = [*own, *self.extra_pids.get(bucket, [])]
+        return cpu_seconds(pids) + self.retired_cpu.get(bucket, 0.0)
+
+    def add_process(self, bucket: str, pid: int) -> None:
+        self.extra_pids.setdefault(bucket, []).append(pid)
+
+    def retire_process(self, bucket: str, pid: int) -> None:
+        """Before stopping one: its CPU so far stays in the bucket's count."""
+        pids = self.extra_pids.get(bucket, [])
+        if pid in pids:
+            self.retired_cpu[bucket] = self.retired_cpu.get(bucket, 0.0) + cpu_seconds([pid])
+            pids.remove(pid)
 
 
 class CpuMeter:
@@ -88,7 +108,8 @@ class CpuMeter:
         self._per_worker = [cpu_seconds([pid]) for pid in self.ctx.generator_pids]
         return {
             "generator": cpu_seconds(self.ctx.generator_pids),
-            "proxy": cpu_seconds([self.ctx.proxy.pid]),
+            "proxy": self.ctx.cpu("proxy", self.ctx.proxy.pid),  # with any replicas
+            "redis": self.ctx.cpu("redis"),
             "asterisk": cpu_seconds([self.ctx.asterisk.pid] if self.ctx.asterisk.pid else []),
             "busy": sum(machine) - machine.idle - getattr(machine, "iowait", 0.0),
         }
@@ -118,19 +139,36 @@ class CpuMeter:
 # -- broadcast calls ------------------------------------------------------------------------------
 
 
-async def _open_apps(ctx: Context, path: str, names: list[str], racers: list[str]) -> None:
+async def _open_apps(
+    ctx: Context,
+    path: str,
+    names: list[str],
+    racers: list[str],
+    bases: list[str] | None = None,
+    wait: bool = True,
+) -> None:
+    """Application i in worker i mod workers, connected to bases[i mod len(bases)] (default:
+    the path's one base); `wait`: until Asterisk (and the proxy) know every one."""
     await ctx.admin.set_native_modules(path == "native")
     shards: list[list[str]] = [[] for _ in ctx.app_workers]
     for i, name in enumerate(names):
         shards[i % len(shards)].append(name)
+    own = {name: bases[i % len(bases)] for i, name in enumerate(names)} if bases else None
     await asyncio.gather(
         *(
-            w.call("apps_open", base=ctx.base(path), names=shard, claimers=racers)
+            w.call(
+                "apps_open",
+                base=ctx.base(path),
+                names=shard,
+                claimers=racers,
+                bases=None if own is None else {n: own[n] for n in shard},
+            )
             for w, shard in zip(ctx.app_workers, shards, strict=True)
             if shard
         )
     )
-    await ctx.admin.wait_registered(names, via_proxy=path == "proxy")
+    if wait:
+        await ctx.admin.wait_registered(names, via_proxy=path == "proxy")
 
 
 async def _close_apps(ctx: Context) -> None:
@@ -155,6 +193,13 @@ async def _wait_resolved(ctx: Context, expected_starts: int, deadline: float) ->
         await asyncio.sleep(0.05)
 
 
+def broadcast_data(names: list[str], timeout_ms: int = TIMEOUT_MS) -> str:
+    """The broadcast's arguments: the timeout, and the same filter on every path: only this
+    run's applications (named `<run tag>-appN`)."""
+    prefix = names[0].rsplit("-", 1)[0]
+    return f"{timeout_ms},^{prefix}-"
+
+
 async def run_calls(
     ctx: Context,
     path: str,
@@ -167,26 +212,30 @@ async def run_calls(
     timeout_ms: int = TIMEOUT_MS,
     keep_apps: bool = False,
     names: list[str] | None = None,
+    context: str | None = None,
+    variables: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Originate `calls` at `rate` into the path's broadcast with `apps` connected
-    applications, `racers` of which claim every call they are offered."""
+    applications, `racers` of which claim every call they are offered. `names`: applications
+    already open (then `apps`/`racers` only label the row); `context`/`variables`: another
+    dialplan context than the path's, channel variables for both legs."""
     tag = ctx.tag(path)
     if names is None:
         names = [f"{tag}-app{i}" for i in range(apps)]
         await _open_apps(ctx, path, names, names[:racers])
-    prefix = names[0].rsplit("-", 1)[0]
-    data = f"{timeout_ms},^{prefix}-"  # the same filter on both paths: only this run's apps
+    data = broadcast_data(names, timeout_ms)
     grace = timeout_ms / 1000 + 2.0
 
     async def originate(count: int, run_tag: str) -> dict[str, Any]:
         result = await ctx.originator.call(
             "originate",
             asterisk=ctx.asterisk.base,
-            context=CONTEXT[path],
+            context=context or CONTEXT[path],
             data=data,
             rate=rate,
             count=count,
             tag=run_tag,
+            variables=variables,
         )
         ok = sum(1 for c in result["calls"] if c[3] == 200)
         await _wait_resolved(ctx, ok, time.monotonic() + grace)
@@ -256,14 +305,19 @@ def analyze(
     # before that, spent in the generator's own connection gate).
     claim_latency = []  # the winning claim sent -> the winner's StasisStart
     claim_rtt = []  # the winning claim sent -> its 204
+    claim_answer = []  # the winner's CallBroadcast received -> its 204 (any wait included)
+    end_to_end = []  # originate sent -> the winner's StasisStart
+    offered_at = {(c, a): t for c, a, t, *_rest in records["claims"]}
     failures: Counter[str] = Counter()
-    for channel_id in sent:
+    for channel_id, originated in sent.items():
         won = [c for c in claims_by_call.get(channel_id, []) if c[3] == 204]
         if won:
             app, t_sent, t_answered, _status, _error = won[0]
             claim_rtt.append(t_answered - t_sent)
+            claim_answer.append(t_answered - offered_at[(channel_id, app)])
             if (channel_id, app) in starts:
                 claim_latency.append(starts[(channel_id, app)] - t_sent)
+                end_to_end.append(starts[(channel_id, app)] - originated)
         if channel_id in started_calls:
             continue
         if channel_id in started_late:
@@ -287,6 +341,8 @@ def analyze(
         "broadcast_ms": ms(broadcast_latency),
         "claim_to_start_ms": ms(claim_latency),
         "claim_rtt_ms": ms(claim_rtt),
+        "claim_answer_ms": ms(claim_answer),
+        "end_to_end_ms": ms(end_to_end),
         "claim_client_wait_ms": ms(claim_wait),
         "claim_rtt_all_ms": ms(claim_rtt_all),
         "claim_outcomes": dict(claim_outcomes.most_common()),
@@ -345,22 +401,52 @@ async def latency(
 async def throughput(
     ctx: Context, rates: list[float], step_seconds: float, apps: int = 10, min_calls: int = 30
 ) -> dict[str, Any]:
+    async def step(path: str, rate: float, calls: int) -> dict[str, Any]:
+        return await run_calls(ctx, path, apps=apps, racers=apps, rate=rate, calls=calls)
+
+    return await ladder(ctx, list(PATHS), rates, step_seconds, step, apps, min_calls)
+
+
+Step = Callable[[str, float, int], Awaitable[dict[str, Any]]]
+
+
+async def ladder(
+    ctx: Context,
+    paths: list[str],
+    rates: list[float],
+    step_seconds: float,
+    step: Step,
+    apps: int = 10,
+    min_calls: int = 30,
+    backlog_ms: float | None = None,
+    go_on: Callable[[dict[str, Any], dict[str, int]], bool] | None = None,
+) -> dict[str, Any]:
+    """Step the call rate up on every path (which goes first alternating by rate) until its
+    first failing step: `step(path, rate, calls)` runs one (`run_calls`). A step passes when
+    >= 99.9 % of its calls were claimed within the broadcast timeout, origination kept its
+    schedule and no channel was left; with `backlog_ms`, also when no backlog built up
+    (origination -> the winner's StasisStart p95 at most that: short steps end before an
+    overload costs the timeout). `go_on(row, reasons)`: climb on past a failing step (marked
+    `continued`) when it says so; `best` stays the last rate before the first failure."""
     steps: list[dict[str, Any]] = []
-    best: dict[str, float | None] = dict.fromkeys(PATHS)
-    broke: dict[str, dict[str, Any] | None] = dict.fromkeys(PATHS)
-    alive = set(PATHS)
+    best: dict[str, float | None] = dict.fromkeys(paths)
+    broke: dict[str, dict[str, Any] | None] = dict.fromkeys(paths)
+    alive = set(paths)
     for i, rate in enumerate(rates):
-        for path in PATHS if i % 2 == 0 else PATHS[::-1]:
+        for path in paths if i % 2 == 0 else paths[::-1]:
             if path not in alive:
                 continue
             calls = max(min_calls, int(rate * step_seconds))
             ctx.log(f"  throughput: {path} {rate:g} calls/s x {calls} calls, {apps} racing apps")
-            row = await run_calls(ctx, path, apps=apps, racers=apps, rate=rate, calls=calls)
+            row = await step(path, rate, calls)
             extra = []
             if row["achieved_rate"] is not None and row["achieved_rate"] < 0.95 * rate:
                 extra.append(f"origination fell behind ({row['achieved_rate']}/s)")
             if row["leftover_channels"]:
                 extra.append(f"{row['leftover_channels']} channel(s) left after the step")
+            e2e = row["end_to_end_ms"]["p95"]
+            if backlog_ms is not None and e2e is not None and e2e > backlog_ms:
+                extra.append(f"backlog: origination -> StasisStart p95 {e2e / 1000:.2f} s")
             reasons = {**row["failures"], **dict.fromkeys(extra, 0)}
             row["diagnosis"] = diagnose(row)
             ok = (row["claimed_ratio"] or 0) >= 0.999 and not extra
@@ -372,12 +458,18 @@ async def throughput(
                 f"broadcast p50 {row['broadcast_ms']['p50']} ms, claim p50 "
                 f"{row['claim_to_start_ms']['p50']} ms; cpu gen {cpu['generator_share']:.0%} "
                 f"proxy {cpu['proxy_share']:.0%} asterisk {cpu['asterisk_share']:.0%} "
-                f"other {cpu['other_share']:.0%}" + ("" if ok else f"  FAILED: {reasons}")
+                + (f"redis {cpu['redis_share']:.0%} " if cpu.get("redis_share") else "")
+                + f"other {cpu['other_share']:.0%}"
+                + ("" if ok else f"  FAILED: {reasons}")
             )
             if ok:
-                best[path] = rate
-            else:
+                if broke[path] is None:
+                    best[path] = rate
+                continue
+            row["continued"] = go_on is not None and go_on(row, reasons)
+            if not row["continued"]:
                 alive.discard(path)
+            if broke[path] is None:
                 broke[path] = {
                     "rate": rate,
                     "reasons": reasons,
@@ -420,15 +512,21 @@ def diagnose(row: dict[str, Any]) -> list[str]:
     if row["socket_closes"]:
         notes.append("application sockets closed: " + "; ".join(row["socket_closes"]))
     cpu = row["cpu"]
-    busy = sum(cpu[f"{k}_share"] for k in ("generator", "proxy", "asterisk", "other"))
+    parts = ("generator", "proxy", "asterisk", "redis", "other")
+    busy = sum(cpu.get(f"{k}_share", 0.0) for k in parts)
     if busy > 0.9:
         notes.append(
             f"all cores busy ({busy:.0%}: generator {cpu['generator_share']:.0%}, proxy "
-            f"{cpu['proxy_share']:.0%}, Asterisk {cpu['asterisk_share']:.0%}, other "
-            f"{cpu['other_share']:.0%})"
+            f"{cpu['proxy_share']:.0%}, Asterisk {cpu['asterisk_share']:.0%}"
+            + (f", Redis {cpu['redis_share']:.0%}" if cpu.get("redis_share") else "")
+            + f", other {cpu['other_share']:.0%})"
         )
-    if row["path"] == "proxy" and row["cpu"]["proxy_core"] > 0.9:
-        notes.append(f"proxy at {row['cpu']['proxy_core']:.0%} of one core")
+    replicas = cpu.get("replica_cores")
+    if replicas:
+        if max(replicas) > 0.9:
+            notes.append(f"busiest replica at {max(replicas):.0%} of one core")
+    elif row["path"] != "native" and cpu["proxy_core"] > 0.9:
+        notes.append(f"proxy at {cpu['proxy_core']:.0%} of one core")
     return notes
 
 

@@ -92,6 +92,7 @@ class Worker:
         self._readers: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._base = ""
+        self._bases: dict[str, str] = {}  # per application, when not all use `_base`
         self._claimers: frozenset[str] = frozenset()
         self._reset()
         self._relay: dict[str, Any] = {}
@@ -118,14 +119,23 @@ class Worker:
 
     # -- applications -------------------------------------------------------------------------
 
-    async def op_apps_open(self, base: str, names: list[str], claimers: list[str]) -> int:
-        """Connect one events socket per application to `base` (Asterisk or the proxy)."""
+    async def op_apps_open(
+        self,
+        base: str,
+        names: list[str],
+        claimers: list[str],
+        bases: dict[str, str] | None = None,
+    ) -> int:
+        """Connect one events socket per application to `base` (Asterisk or the proxy), or
+        to its own in `bases` (replicas: each application claims and lets go through the
+        replica it is connected to)."""
         await self.op_apps_close()
         self._base = base
+        self._bases = dict(bases or {})
         self._claimers = frozenset(claimers)
-        ws_base = "ws" + base[len("http") :]
 
         async def one(name: str) -> None:
+            ws_base = "ws" + self._bases.get(name, base)[len("http") :]
             self._sockets[name] = await connect(
                 f"{ws_base}/ari/events?app={name}",
                 additional_headers={"authorization": BASIC},
@@ -160,6 +170,7 @@ class Worker:
     async def _read(self, app: str, ws: ClientConnection) -> None:
         monotonic = time.monotonic
         claims = app in self._claimers
+        base = self._bases.get(app, self._base)
         try:
             async for frame in ws:
                 now = monotonic()
@@ -169,11 +180,11 @@ class Worker:
                     channel_id = event["channel"]["id"]
                     self.broadcasts.append((channel_id, app, now))
                     if claims:
-                        self._spawn(self._claim(self._base, channel_id, app, now))
+                        self._spawn(self._claim(base, channel_id, app, now))
                 elif kind == "StasisStart":
                     channel_id = event["channel"]["id"]
                     self.starts.append((channel_id, app, now))
-                    self._spawn(self._release(self._base, channel_id))
+                    self._spawn(self._release(base, channel_id))
         except Exception as exc:
             self.socket_closes.append(f"{app}: {_err(exc)}")
         else:
@@ -229,13 +240,15 @@ class Worker:
         rate: float,
         count: int,
         tag: str,
+        variables: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Originate `count` Local/s@context calls at `rate`/s straight to Asterisk.
+        """Originate `count` Local/s@context calls at `rate`/s straight to Asterisk, with
+        BENCH_DATA = `data` (and `variables`) inherited by both legs.
 
         The ;2 leg (the one that runs the broadcast) gets channel id `<tag>-<n>-b`, so every
         CallBroadcast names the call it belongs to. Returns per call (id, sent, answered,
         status, error) and how late the schedule ran."""
-        body = orjson.dumps({"variables": {"__BENCH_DATA": data}})
+        body = orjson.dumps({"variables": {"__BENCH_DATA": data, **(variables or {})}})
         results: list[tuple[str, float, float, int, str]] = []
         lag = 0.0
 
