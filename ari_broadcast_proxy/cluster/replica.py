@@ -163,23 +163,22 @@ class Replica:
     ) -> None:
         deadline_ms = now_ms() + max(offer.options.timeout_ms, 0)
         wire = offer_to_wire(offer)
+        # Tried until it is recorded, or this replica no longer leads (then the next leader
+        # finds the call parked, unrecorded, and offers it). Not recorded meanwhile: a
+        # renewal is late, Redis cannot be reached, or the lease is not in Redis as this
+        # replica holds it (Redis restarted empty: the lease loop records it again).
         while self.lease.leading:
-            if not self.acting():  # a renewal is late: it may yet come
-                await self._clock.sleep(RETRY_EVERY)
-                continue
             try:
-                if not await self._store.offer(
+                if self.acting() and await self._store.offer(
                     self.lease.token, channel_id, wire, recipients, deadline_ms
                 ):
-                    return  # another replica leads: it finds the call parked and offers it
+                    self._controller.open_offer(
+                        channel_id, offer, recipients, started, self._local(deadline_ms)
+                    )
+                    return
             except ClusterUnavailable as exc:
                 log_channel(logging.WARNING, channel_id, "cannot offer it yet: %s", exc.message)
-                await self._clock.sleep(RETRY_EVERY)
-                continue
-            self._controller.open_offer(
-                channel_id, offer, recipients, started, self._local(deadline_ms)
-            )
-            return
+            await self._clock.sleep(RETRY_EVERY)
 
     def after_offer(self, channel_id: str, handle: Callable[..., None], *args: Any) -> None:
         pending = self._pending.get(channel_id)
