@@ -325,7 +325,8 @@ class BroadcastController:
         channel_id = channel.get("id", "")
         if event.get("type") == "StasisStart":
             app = event.get("application", "")
-            commands = self.core.session_started(channel_id, app, self._clock.now())
+            mirror = self._replica is not None
+            commands = self.core.session_started(channel_id, app, self._clock.now(), mirror=mirror)
             if commands and self._replica is not None:
                 self._replica.session_started(channel_id, app)
             self._feed(commands)

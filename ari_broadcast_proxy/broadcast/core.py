@@ -493,14 +493,17 @@ class BroadcastCore(Generic[C]):
             raise IllegalTransition(f"channel {channel_id}: expected claimed, found {found}")
         return self._failed(broadcast, "", channel_gone, now)
 
-    def session_started(self, channel_id: str, app: str, now: float = 0.0) -> list[Command]:
+    def session_started(
+        self, channel_id: str, app: str, now: float, *, mirror: bool = False
+    ) -> list[Command]:
         """A StasisStart seen downstream: the winner's first one means it has the channel.
-        On a replica, it can come before word of the claim that another replica answered
-        (Asterisk moved the channel only because that claim won): the claim is taken as
-        made, its hand-over as done."""
+        `mirror`: this core mirrors broadcasts another replica decides, so the StasisStart
+        can come before word of the claim another replica answered (Asterisk moved the
+        channel only because that claim won): the claim is taken as made, its hand-over as
+        done. One process decides every claim itself: there, no claim, no session."""
         broadcast = self._broadcasts.get(channel_id)
         commands: list[Command] = []
-        if broadcast is not None and broadcast.state is State.OFFERED:
+        if mirror and broadcast is not None and broadcast.state is State.OFFERED:
             if app not in broadcast.recipients:
                 return []
             claimed = self.claim(channel_id, app, now)[1]

@@ -130,7 +130,7 @@ class Executor:
         """Inside a claim: the hand-over is written before the claim is answered, and
         before whatever follows it (CallClaimed)."""
         for command in commands:
-            if isinstance(command, _ACTIONS) and not self.acting():
+            if self._skipped(command):
                 continue
             if isinstance(command, HandOver):
                 await self._start_hand_over(command.broadcast, command.winner)
@@ -141,8 +141,8 @@ class Executor:
         """`decided`: Redis took this verdict under this replica's lease (a fenced script),
         so it is carried out even if the lease lapsed since: nobody else can take it."""
         for command in commands:
-            if isinstance(command, _ACTIONS) and not (decided or self.acting()):
-                continue  # another replica leads: it acts on Asterisk
+            if self._skipped(command, decided):
+                continue
             if isinstance(command, HandOver):
                 self.spawn(
                     self._start_hand_over(command.broadcast, command.winner),
@@ -150,6 +150,11 @@ class Executor:
                 )
             else:
                 self._carry_out(command)
+
+    def _skipped(self, command: Command, decided: bool = False) -> bool:
+        """Acting on Asterisk and counting calls are the leader's: another replica skips
+        them (one process always leads)."""
+        return isinstance(command, _ACTIONS) and not (decided or self.acting())
 
     def _carry_out(self, command: Command) -> None:
         if isinstance(command, ArmTimer):
@@ -250,12 +255,11 @@ class Executor:
 
     async def _connected(self, app: str) -> bool:
         """Whether the winner is connected, waiting `reconnect_grace` for it if not."""
-        waited = 0.0
+        deadline = self._clock.now() + self.reconnect_grace
         while not self.audience.connected(app):
-            if waited >= self.reconnect_grace:
+            if self._clock.now() >= deadline:
                 return False
             await self._clock.sleep(0.05)
-            waited += 0.05
         return True
 
     async def _answered(

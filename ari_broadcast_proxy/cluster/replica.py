@@ -322,7 +322,7 @@ class Replica:
             if kind == "claimed":
                 commands = self._core.claim(channel_id, message["app"], now)[1]
             elif kind == "started":
-                commands = self._core.session_started(channel_id, message["app"], now)
+                commands = self._core.session_started(channel_id, message["app"], now, mirror=True)
             else:
                 # Ended. Not its own word: that can arrive before the answer of the script
                 # that sent it, and the replica that ended a broadcast has ended its mirror.
@@ -349,7 +349,7 @@ class Replica:
             return
         for channel_id, (state, winner) in (await self._store.states(stale)).items():
             if state == "session" and winner is not None:
-                commands = self._core.session_started(channel_id, winner, now)
+                commands = self._core.session_started(channel_id, winner, now, mirror=True)
             elif state in (None, "ended") and not self.acting():
                 commands = self._core.dismiss(channel_id, now)  # the leader's own ends itself
             else:
@@ -390,7 +390,8 @@ class Replica:
             commands = self._core.claim(record.channel_id, record.winner, now)[1]
             self._executor.execute([c for c in commands if isinstance(c, CancelTimer)])
         if record.state == "session":
-            self._executor.execute(self._core.session_started(record.channel_id, record.winner))
+            commands = self._core.session_started(record.channel_id, record.winner, now)
+            self._executor.execute(commands)
 
     async def _reseed(self, known: set[str] | None = None) -> None:
         """Record again what Redis lost: offers on offer, and claims (so that no second

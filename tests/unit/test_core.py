@@ -157,11 +157,13 @@ def test_leaving_after_the_claim_is_the_hand_over_itself() -> None:
 def test_conflict_lasts_until_the_winners_session_ends() -> None:
     core = offered()
     core.claim("chan-1", "alpha", now=100.1)
-    assert core.session_started("chan-1", "beta") == []  # not the winner
-    assert core.session_started("chan-1", "alpha") == [Report("chan-1", Outcome.CLAIMED, "alpha")]
+    assert core.session_started("chan-1", "beta", 100.3) == []  # not the winner
+    assert core.session_started("chan-1", "alpha", 100.3) == [
+        Report("chan-1", Outcome.CLAIMED, "alpha")
+    ]
     assert core.get("chan-1").state is State.IN_SESSION and core.in_session("chan-1")
     assert not core.is_locked("chan-1")
-    assert core.session_started("chan-1", "alpha") == []  # only the first StasisStart counts
+    assert core.session_started("chan-1", "alpha", 100.3) == []  # only the first StasisStart counts
     assert core.claim("chan-1", "beta", now=103)[0] is ClaimOutcome.CONFLICT
     assert core.session_ended("chan-1", now=104) == [
         ArmTimer("chan-1", 104 + RELEASE_GRACE, TimerKind.GRACE)
@@ -230,7 +232,7 @@ def test_a_channel_never_offered_is_not_the_cores() -> None:
         lambda core: core.channel_left("chan-1", now=100.5),
         lambda core: (
             core.claim("chan-1", "alpha", now=100.2),
-            core.session_started("chan-1", "alpha"),
+            core.session_started("chan-1", "alpha", 100.3),
             core.session_ended("chan-1", now=100.5),
         ),
         lambda core: (
@@ -307,7 +309,7 @@ def test_any_interleaving_has_at_most_one_winner_and_one_verdict(
         elif kind == "left":
             commands = core.channel_left("chan-1", now)
         elif kind == "started":
-            commands = core.session_started("chan-1", app)
+            commands = core.session_started("chan-1", app, now)
         elif kind in ("answer", "located"):
             if broadcast is None:
                 continue
@@ -355,7 +357,7 @@ def test_a_taken_hand_over_arms_the_watchdog_until_the_winners_stasis_start() ->
         ArmTimer("chan-1", 100.2 + HANDOVER_WATCHDOG, TimerKind.WATCHDOG),
     ]
     assert broadcast.state is State.AWAITING_SESSION
-    assert core.session_started("chan-1", "alpha") == [
+    assert core.session_started("chan-1", "alpha", 100.3) == [
         Report("chan-1", Outcome.CLAIMED, "alpha"),
         CancelTimer("chan-1", TimerKind.WATCHDOG),
     ]
@@ -364,7 +366,7 @@ def test_a_taken_hand_over_arms_the_watchdog_until_the_winners_stasis_start() ->
 
 def test_the_winners_stasis_start_before_asterisks_answer_needs_no_watchdog() -> None:
     core, broadcast = claimed()
-    core.session_started("chan-1", "alpha")
+    core.session_started("chan-1", "alpha", 100.3)
     assert core.handover_answered(broadcast, HandOverAnswer.DONE, "", 100.3) == [
         Accepted(broadcast)
     ]
@@ -428,7 +430,7 @@ def test_a_lost_answer_with_the_channel_elsewhere_was_taken() -> None:
 def test_a_lost_answer_and_the_winners_stasis_start_meanwhile_is_done() -> None:
     core, broadcast = claimed()
     core.handover_answered(broadcast, HandOverAnswer.UNKNOWN, "timed out", 100.2)
-    core.session_started("chan-1", "alpha")
+    core.session_started("chan-1", "alpha", 100.3)
     assert core.located(broadcast, Location.PARKED, now=100.4) == []
     assert core.in_session("chan-1")
 
@@ -468,7 +470,7 @@ def test_a_move_that_failed_on_asterisk_sends_the_channel_back_failed() -> None:
 
 def test_a_move_failure_after_the_winners_stasis_start_is_ignored() -> None:
     core, _ = claimed()
-    core.session_started("chan-1", "alpha")
+    core.session_started("chan-1", "alpha", 100.3)
     assert core.move_failed("chan-1", "alpha", now=100.3) == []
 
 
@@ -488,7 +490,7 @@ def test_answers_for_a_broadcast_replaced_by_a_new_one_are_ignored() -> None:
 
 def test_the_release_grace_forgets_the_presentation_then() -> None:
     core, broadcast = claimed()
-    core.session_started("chan-1", "alpha")
+    core.session_started("chan-1", "alpha", 100.3)
     core.session_ended("chan-1", now=104.0)
     assert core.timer_fired(TimerKind.GRACE, "chan-1", now=109.0) == [Forget(broadcast)]
     assert core.timer_fired(TimerKind.GRACE, "chan-1", now=109.1) == []
@@ -504,7 +506,7 @@ def test_a_channel_offered_again_within_the_grace_cancels_it() -> None:
 
 def test_a_sweep_ends_a_claimed_broadcast_whose_channel_is_gone() -> None:
     core, broadcast = claimed()
-    core.session_started("chan-1", "alpha")
+    core.session_started("chan-1", "alpha", 100.3)
     assert core.claimed() == [broadcast]
     assert core.channel_gone(broadcast, now=130.0) == [
         ArmTimer("chan-1", 130.0 + RELEASE_GRACE, TimerKind.GRACE)
@@ -556,7 +558,7 @@ def test_dismiss_ends_a_mirror_in_any_state_without_acting() -> None:
 
 def test_the_winners_stasis_start_before_word_of_the_claim_takes_the_claim_as_made() -> None:
     core = offered(notify=True)
-    commands = core.session_started("chan-1", "beta", 100.2)
+    commands = core.session_started("chan-1", "beta", 100.2, mirror=True)
     assert core.in_session("chan-1")
     assert not [c for c in commands if isinstance(c, HandOver)]  # Asterisk moved it already
     assert [c.winner for c in commands if isinstance(c, SendCallClaimed)] == ["beta"]
@@ -564,9 +566,15 @@ def test_the_winners_stasis_start_before_word_of_the_claim_takes_the_claim_as_ma
     assert core.claim("chan-1", "beta", 100.3)[0] is ClaimOutcome.CONFLICT  # the word, late
 
 
+def test_one_process_takes_no_stasis_start_on_a_call_on_offer_as_a_claim() -> None:
+    core = offered()
+    assert core.session_started("chan-1", "beta", 100.2) == []
+    assert core.claim("chan-1", "beta", 100.3)[0] is ClaimOutcome.WON
+
+
 def test_a_stasis_start_of_an_app_not_offered_the_call_is_not_a_claim() -> None:
     core = offered(apps=["alpha"])
-    assert core.session_started("chan-1", "beta", 100.2) == []
+    assert core.session_started("chan-1", "beta", 100.2, mirror=True) == []
     assert not core.in_session("chan-1")
 
 

@@ -207,7 +207,7 @@ async def test_a_taken_hand_over_then_the_winners_stasis_start_needs_no_watchdog
     assert await world.claim() is ClaimOutcome.WON
     assert world.gateway.hand_overs == [("chan-1", "alpha")]
     assert world.core.get("chan-1").state is State.AWAITING_SESSION  # type: ignore[union-attr]
-    world.executor.execute(world.core.session_started("chan-1", "alpha"))
+    world.executor.execute(world.core.session_started("chan-1", "alpha", 100.3))
     assert world.clock.pending() == []  # the watchdog is withdrawn
     assert world.outcome("claimed") == 1 and world.outcome("failed") == 0
 

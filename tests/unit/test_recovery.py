@@ -68,7 +68,7 @@ async def test_the_sweep_ends_claimed_broadcasts_whose_channel_is_gone() -> None
     world.offer("alive")
     await world.claim("gone")
     await world.claim("alive", "beta")
-    world.executor.execute(world.core.session_started("gone", "alpha"))
+    world.executor.execute(world.core.session_started("gone", "alpha", 100.3))
     world.gateway.live = {"alive"}
     await recovery(world).sweep(SweepRule())
     assert world.core.get("gone") is None
