@@ -66,20 +66,11 @@ class BenchRedis(RedisServer):
     started as the benchmark starts its proxy: in its own session (Ctrl-C is the benchmark's
     to handle, in order) and ended by the kernel if the benchmark dies without cleaning up."""
 
-    def start(self, timeout: float = 10) -> None:
-        if self.running():
-            raise RuntimeError(f"redis-server already running on port {self.port}")
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-                start_new_session=True,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 (started from the main thread)
-            )
-        self.wait_ready(timeout)
+    def popen_options(self) -> dict[str, Any]:
+        return {
+            "start_new_session": True,
+            "preexec_fn": _die_with_parent,  # started from the main thread
+        }
 
 
 class Setup:

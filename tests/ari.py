@@ -284,3 +284,25 @@ class Tasks:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def readyz(base: str) -> int:
+    """A proxy's /readyz status (0: it did not answer)."""
+    async with httpx.AsyncClient() as client:
+        try:
+            return (await client.get(base + "/readyz", timeout=2)).status_code
+        except httpx.HTTPError:
+            return 0
+
+
+def end_process(process: subprocess.Popen[bytes], sig: int, timeout: float) -> int:
+    """Send `sig` to a child still running and reap it, SIGKILL after `timeout` s; its
+    exit status."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode

@@ -17,6 +17,7 @@ from .ari import (
     ROOT,
     Ari,
     Asterisk,
+    end_process,
     free_port,
     proxy_command,
     start_asterisk,
@@ -77,15 +78,9 @@ class ProxyProcess:
             await asyncio.sleep(0.02)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        status = end_process(self.process, sig, timeout)
         self._log.close()
-        return self.process.returncode
+        return status
 
 
 @pytest.fixture(scope="session")
@@ -127,6 +122,17 @@ async def ari(asterisk: Asterisk) -> AsyncIterator[Ari]:
     finally:
         await client.hangup_all()
         await client.aclose()
+
+
+@pytest.fixture
+async def no_native(ari: Ari) -> AsyncIterator[None]:
+    """The native modules unloaded, as for every broadcast through a proxy; loaded again
+    afterwards."""
+    await ari.set_native_modules(False)
+    try:
+        yield
+    finally:
+        await ari.set_native_modules(True)
 
 
 @pytest.fixture

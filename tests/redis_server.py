@@ -25,7 +25,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .ari import free_port
+from .ari import end_process, free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -90,8 +90,13 @@ class RedisServer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.dir,
+                **self.popen_options(),
             )
         self.wait_ready(timeout)
+
+    def popen_options(self) -> dict[str, Any]:
+        """More for `subprocess.Popen` (a subclass's: its own session, say)."""
+        return {}
 
     def wait_ready(self, timeout: float = 10) -> None:
         """Until this server answers (INFO, with its pid); fails at once if it exited
@@ -134,14 +139,7 @@ class RedisServer:
     def _end(self, sig: signal.Signals, timeout: float) -> int | None:
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        return end_process(self.process, sig, timeout)
 
     def restart(self, timeout: float = 10) -> None:
         """Stop (SIGTERM) and start again on the same port: every key is lost."""

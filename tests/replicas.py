@@ -73,7 +73,7 @@ class Replica(ProxyProcess):
         self.process.send_signal(signal.SIGSTOP)
         self.paused = True
         deadline = time.monotonic() + timeout
-        while self.alive() and _state(self.process.pid) not in ("T", None):
+        while self.alive() and process_state(self.process.pid) not in ("T", None):
             if time.monotonic() >= deadline:
                 raise RuntimeError(f"{self.replica_id} not stopped after {timeout} s")
             time.sleep(0.005)
@@ -98,23 +98,36 @@ class Replica(ProxyProcess):
                 text = (await http.get(self.base + "/metrics", timeout=1)).text
         except httpx.HTTPError:
             return None
-        for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-        return None
+        return gauge(text, name)
 
     def __repr__(self) -> str:
         state = "paused" if self.paused else "alive" if self.alive() else "exited"
         return f"Replica({self.replica_id}, {self.base}, {state})"
 
 
-def _state(pid: int) -> str | None:
-    """The process state letter of /proc/PID/stat ("T" stopped), None once it is gone."""
+def gauge(exposition: str, name: str) -> float | None:
+    """The value of an unlabelled sample in a /metrics exposition (None if absent)."""
+    for line in exposition.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def leader_gauge(base: str) -> float:
+    """The proxy at `base` says whether it leads (blocking: for tests of whole stacks)."""
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    value = gauge(text, LEADER_GAUGE)
+    assert value is not None, text[-2000:]
+    return value
+
+
+def process_state(pid: int) -> str | None:
+    """The process state letter of /proc/PID/stat ("T" stopped, "Z" a zombie), None once it
+    is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
         return None
-    return stat.rpartition(")")[2].split()[0]
 
 
 def start_replicas(

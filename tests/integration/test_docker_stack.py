@@ -36,6 +36,7 @@ import pytest
 import yaml
 
 from ..ari import ROOT, Ari, events, token
+from ..replicas import leader_gauge
 
 pytestmark = pytest.mark.timeout(900)  # a cold build downloads both images' packages
 
@@ -468,13 +469,6 @@ def _readyz(base: str) -> dict[str, Any]:
     return body
 
 
-def _leader_gauge(base: str) -> float:
-    text = httpx.get(f"{base}/metrics", timeout=5).text
-    match = re.search(r"^ari_proxy_broadcast_leader (\S+)$", text, re.MULTILINE)
-    assert match is not None, text[-2000:]
-    return float(match.group(1))
-
-
 def _wait_one_leader(among: dict[str, str], timeout: float = 30) -> str:
     """Until exactly one of `among` (service -> base URL) reports leader 1 in /metrics and
     `"leader": true` in /readyz, and all answer /readyz 200; that service."""
@@ -482,7 +476,7 @@ def _wait_one_leader(among: dict[str, str], timeout: float = 30) -> str:
     last = ""
     while time.monotonic() < deadline:
         try:
-            gauges = {name: _leader_gauge(base) for name, base in among.items()}
+            gauges = {name: leader_gauge(base) for name, base in among.items()}
             bodies = {name: _readyz(base) for name, base in among.items()}
             leaders = [name for name, value in gauges.items() if value == 1]
             last = f"gauges {gauges}, readyz {bodies}"

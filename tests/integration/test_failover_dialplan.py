@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from ..ari import Ari, Asterisk, Events, events, token
 from ..conftest import ProxyProcess
@@ -168,16 +167,6 @@ def asterisk_time(event: dict[str, Any]) -> float:
 
 def pauses(observer: Events, channel_id: str) -> list[dict[str, Any]]:
     return [e for e in observer.received if retry_pause(channel_id)(e)]
-
-
-@pytest.fixture
-async def no_native(ari: Ari) -> AsyncIterator[None]:
-    """The native modules unloaded, as for every broadcast through a proxy."""
-    await ari.set_native_modules(False)
-    try:
-        yield
-    finally:
-        await ari.set_native_modules(True)
 
 
 async def test_a_call_waiting_for_the_broadcast_application_is_offered_once_a_proxy_has_it(

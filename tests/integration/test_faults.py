@@ -12,7 +12,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,17 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from ..ari import SANDBOX, Ari, Asterisk, Events, events, start_asterisk, stop_asterisk, token
+from ..ari import (
+    SANDBOX,
+    Ari,
+    Asterisk,
+    Events,
+    events,
+    readyz,
+    start_asterisk,
+    stop_asterisk,
+    token,
+)
 from ..conftest import ProxyProcess
 
 FAULT_APP = "faultcast"  # a broadcast application of its own, beside the session's proxy
@@ -70,14 +80,6 @@ async def win_and_let_go(
     assert await ari.wait_global(f"BCAST_RESULT_{tag}") == "SUCCESS"
 
 
-async def readyz(base: str) -> int:
-    async with httpx.AsyncClient() as client:
-        try:
-            return (await client.get(base + "/readyz", timeout=2)).status_code
-        except httpx.HTTPError:
-            return 0
-
-
 async def wait_until(probe: Callable[[], Awaitable[int]], expected: int, timeout: float) -> None:
     """Poll a status (readiness has no event to wait for) until it is `expected`."""
     deadline = time.monotonic() + timeout
@@ -99,15 +101,6 @@ async def reluctant_reader(proxy: ProxyProcess, app: str) -> ClientConnection:
     raw.setblocking(False)
     url = proxy.base.replace("http", "ws") + f"/ari/events?app={app}&api_key=asterisk:asterisk"
     return await connect(url, sock=raw, max_queue=1, max_size=None, compression=None)
-
-
-@pytest.fixture
-async def no_native(ari: Ari) -> AsyncIterator[None]:
-    await ari.set_native_modules(False)
-    try:
-        yield
-    finally:
-        await ari.set_native_modules(True)
 
 
 # -- Asterisk restarting ----------------------------------------------------------------------

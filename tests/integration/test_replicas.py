@@ -27,7 +27,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from ..ari import PASSWORD, USER, Ari, Asterisk, Tasks, token
+from ..ari import PASSWORD, USER, Ari, Asterisk, Tasks, readyz, token
 from ..redis_server import RedisServer, redis_server_fixture  # noqa: F401
 from ..replicas import (
     CLUSTER_APP,
@@ -440,14 +440,6 @@ class Cutter:
                 await writer.drain()
 
 
-async def readyz(replica: Replica) -> int:
-    async with httpx.AsyncClient(timeout=2) as http:
-        try:
-            return (await http.get(replica.base + "/readyz")).status_code
-        except httpx.HTTPError:
-            return 0
-
-
 async def test_leader_cut_off_from_redis(
     asterisk: Asterisk, redis_server: RedisServer, ari: Ari, tmp_path: Path
 ) -> None:
@@ -471,7 +463,7 @@ async def test_leader_cut_off_from_redis(
             others = start_replicas(2, asterisk, redis_server.url, rest, wait=False)
             replicas += others
             async with asyncio.timeout(30):
-                while {await readyz(r) for r in others} != {200}:  # noqa: ASYNC110
+                while {await readyz(r.base) for r in others} != {200}:  # noqa: ASYNC110
                     await asyncio.sleep(0.1)  # polling: readiness is only an HTTP answer
             async with racing(replicas, ari) as run:
                 halfway = asyncio.Event()
@@ -487,7 +479,7 @@ async def test_leader_cut_off_from_redis(
                 assert results == Counter({"SUCCESS": 80, "missing": 0}), results
                 run.check_claims()
                 assert await first.metric("ari_proxy_broadcast_leader") == 0.0
-                assert await readyz(first) == 503
+                assert await readyz(first.base) == 503
             assert took < 5
             assert "stepping down" in first.log()
         finally:
@@ -516,7 +508,7 @@ async def test_redis_unreachable_past_the_lease(
                 )
             assert claim.status_code == 503, claim.text
             assert "cannot be reached" in claim.json()["message"]
-            assert {await readyz(r) for r in cluster} == {503}
+            assert {await readyz(r.base) for r in cluster} == {503}
         finally:
             os.kill(redis_server.pid, signal.SIGCONT)
         _, back = await wait_leader(cluster, cap=10)

@@ -4,7 +4,6 @@ scripts/stack up --ha brings up two replicas sharing a redis-server, and down st
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -15,6 +14,7 @@ import httpx
 import pytest
 
 from ..ari import PASSWORD, ROOT, USER, Ari, Asterisk, events, free_port
+from ..replicas import leader_gauge, process_state
 
 AUTH = (USER, PASSWORD)
 
@@ -102,21 +102,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return Path(f"/proc/{pid}").exists() and _state(pid) != "Z"
-
-
-def _state(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except (FileNotFoundError, IndexError):
-        return None
-
-
-def _leader_gauge(base: str) -> float:
-    text = httpx.get(f"{base}/metrics", timeout=5).text
-    match = re.search(r"^ari_proxy_broadcast_leader (\S+)$", text, re.MULTILINE)
-    assert match is not None, text[-2000:]
-    return float(match.group(1))
+    return Path(f"/proc/{pid}").exists() and process_state(pid) != "Z"
 
 
 def _until(check: Callable[[], bool], what: str, timeout: float = 15) -> None:
@@ -157,7 +143,7 @@ def test_scripts_stack_up_ha_runs_two_replicas_one_leading(tmp_path: Path) -> No
             bodies[name] = ready.json()
         assert {body["replica"] for body in bodies.values()} == {"proxy-a", "proxy-b"}
         _until(
-            lambda: sorted(_leader_gauge(stack.url(n)) for n in ("proxy", "proxy_b")) == [0, 1],
+            lambda: sorted(leader_gauge(stack.url(n)) for n in ("proxy", "proxy_b")) == [0, 1],
             "exactly one replica with ari_proxy_broadcast_leader 1",
         )
         for name in ("proxy", "proxy_b"):  # ARI through either replica
