@@ -29,7 +29,7 @@ from ..registry import AppRegistry
 from ..upstream.websocket import open_events_socket
 from .app_filter import AppFilter
 from .clock import Clock, LoopClock
-from .core import BroadcastCore, ClaimOutcome, Command, ResumeDialplan, Verdict
+from .core import BroadcastCore, ClaimOutcome, Command, ResumeDialplan, State, Verdict
 from .dialplan import parse_broadcast_data
 from .executor import Executor, Offer, log_channel
 from .handover import ChannelGateway
@@ -281,20 +281,32 @@ class BroadcastController:
         return outcome
 
     def released(self, channel_id: str) -> None:
-        """Asterisk accepted a `continue` or hangup of the channel through the proxy: if it
-        was the winner's, its session is over, as native answers claims from then on (404);
-        the StasisEnd that says so can still be on its way when the next claim arrives."""
-        self._session_ended(channel_id)
+        """Asterisk accepted a `continue` or hangup of the channel through the proxy: a call
+        on offer (only a hangup gets through) has left, the winner's session is over. Native
+        answers claims with 404 from then on; the StasisEnd that says so can still be on its
+        way when the next claim arrives."""
+        broadcast = self.core.get(channel_id)
+        if broadcast is not None and broadcast.state is State.OFFERED:
+            self._after_offer(channel_id, self._hung_up, channel_id)
+        else:
+            self._session_ended(channel_id)
+
+    def _hung_up(self, channel_id: str) -> None:
+        self._ended_here(channel_id, self.core.channel_left(channel_id, self._clock.now()))
 
     def _session_ended(self, channel_id: str) -> None:
-        commands = self.core.session_ended(channel_id, self._clock.now())
+        self._ended_here(channel_id, self.core.session_ended(channel_id, self._clock.now()))
+
+    def _ended_here(self, channel_id: str, commands: list[Command]) -> None:
+        """A broadcast this replica saw end: Redis is told, so claims anywhere get 404."""
         if commands and self._replica is not None:
             self._replica.released(channel_id)
         self._feed(commands)
 
-    def in_session(self, channel_id: str) -> bool:
-        """True while the winner controls the channel (until it lets go)."""
-        return self.core.in_session(channel_id)
+    def holds(self, channel_id: str) -> bool:
+        """True while the channel is on offer or claimed: a hangup or `continue` of it
+        through the proxy ends its broadcast (`released`)."""
+        return self.core.get(channel_id) is not None
 
     def is_locked(self, channel_id: str) -> bool:
         """True while no application controls the channel (native: not in Stasis)."""

@@ -115,7 +115,7 @@ class BroadcastGate:
         if _is_claim(call) or self._listing(call):
             return True
         released = self._rules.released_channel(call)
-        return released is not None and self._controller.in_session(released)
+        return released is not None and self._controller.holds(released)
 
     def rewrites(self, call: AriCall) -> bool:
         """Whether Asterisk's answer may be rewritten, so must be read whole."""
