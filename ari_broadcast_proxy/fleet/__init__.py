@@ -1,0 +1,1 @@
+"""Several Asterisk servers behind one ARI endpoint."""
