@@ -99,8 +99,14 @@ class Asterisk:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-def start_asterisk(name: str) -> Asterisk:
-    port = free_port(3)
+def start_asterisk(
+    name: str, *, systemname: str | None = None, port: int | None = None
+) -> Asterisk:
+    """Start sandbox instance `name` (on `port`, HTTP, and the two after it, SIP; by
+    default free ones); with `systemname`, its asterisk.conf gets that systemname (channel
+    ids `systemname-epoch.seq`) and an entityid derived from it."""
+    port = port or free_port(3)
+    identity = ["--systemname", systemname] if systemname else []
     subprocess.run(
         [
             str(SANDBOX),
@@ -111,6 +117,7 @@ def start_asterisk(name: str) -> Asterisk:
             str(port),
             "--overlay",
             str(ROOT / "tests" / "asterisk-conf"),
+            *identity,
         ],
         check=True,
         timeout=600,
