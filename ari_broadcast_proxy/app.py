@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
@@ -25,11 +26,14 @@ from .broadcast.presentation import Presenter
 from .broadcast.request_rules import RequestRules
 from .broadcast.session_hooks import BroadcastHooks
 from .config import Config
+from .fleet.events import fleet_sockets
+from .fleet.locator import Locator
+from .fleet.rest import FleetRest
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .passthrough import Passthrough
 from .registry import AppRegistry
-from .sessions import SessionManager
-from .upstream.rest import UpstreamRest
+from .sessions import SessionManager, one_server
+from .upstream.rest import AriRest, UpstreamRest
 
 if TYPE_CHECKING:
     from .cluster.replica import Replica
@@ -45,17 +49,25 @@ class Proxy:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.rest = UpstreamRest(config, self.metrics)
+        servers = [UpstreamRest(u, config, self.metrics) for u in config.upstreams]
+        self.fleet: FleetRest | None = None
+        self.rest: AriRest = servers[0]
+        open_upstream = one_server(config.upstream.ws, config.upstream_timeout)
+        if len(servers) > 1:
+            self.rest = self.fleet = FleetRest(servers, Locator())
+            open_upstream = fleet_sockets(config.upstreams, config.upstream_timeout, self.fleet)
         self.registry = AppRegistry()
         self.presenter = Presenter(config.broadcast_app, config.subroutine_context)
         self.controller = BroadcastController(
             config,
             ChannelGateway(self.rest, config.broadcast_app, config.subroutine_context),
-            AppGuard(self.rest, config.broadcast_app),
+            [AppGuard(server, config.broadcast_app) for server in servers],
             self.registry,
             self.presenter,
             self.metrics,
         )
+        if self.fleet is not None:
+            self.controller.on_server_event = self.fleet.learn
         self.replica: Replica | None = None
         if config.cluster_url is not None:
             from .cluster.replica import Replica
@@ -75,8 +87,7 @@ class Proxy:
         self.claims = ClaimService(self.controller, self.access, self.metrics)
         self.gate = BroadcastGate(self.controller, self.claims, self.rules, self.presenter)
         self.sessions = SessionManager(
-            config.upstream_ws,
-            config.upstream_timeout,
+            open_upstream,
             config.session_queue,
             self.registry,
             BroadcastHooks(self.controller, self.gate, self.registry),
@@ -101,8 +112,17 @@ class Proxy:
         )
         gauge(
             "ari_proxy_upstream_connected",
-            "1 while the broadcast application is registered",
-            lambda: float(self.controller.ready),
+            "1 while the broadcast application is registered (on one server at least)",
+            lambda: float(self.controller.connected),
+        )
+        self.metrics.gauges(
+            "ari_proxy_upstream_server_connected",
+            "1 while the broadcast application is registered on this Asterisk server",
+            "server",
+            {
+                s.server: functools.partial(lambda s: float(s.ready), s)
+                for s in self.controller.supervisors
+            },
         )
 
     async def drain(self, timeout: float = 5.0) -> None:
@@ -119,6 +139,8 @@ class Proxy:
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         self.controller.start()
+        if self.fleet is not None:
+            await self.fleet.check_ids()
         try:
             yield
         finally:
@@ -134,6 +156,7 @@ class Proxy:
         body = {
             "ready": ready,
             "broadcast_app": self.config.broadcast_app,
+            "servers": {s.server: s.ready for s in self.controller.supervisors},
             "connected_applications": len(self.registry),
             "broadcasts_in_flight": len(self.controller.core),
         }

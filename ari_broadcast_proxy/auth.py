@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .upstream.rest import HttpResponse, UpstreamRest
+from .upstream.rest import AriRest, HttpResponse
 
 __all__ = ["AccessDenied", "Credentials", "WriteAccess"]
 
@@ -44,7 +44,7 @@ class WriteAccess:
     """Caches 'may write' verdicts per credential for `ttl` seconds."""
 
     def __init__(
-        self, rest: UpstreamRest, ttl: float = 30.0, clock: Callable[[], float] = time.monotonic
+        self, rest: AriRest, ttl: float = 30.0, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self._rest = rest
         self._ttl = ttl

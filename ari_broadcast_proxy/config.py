@@ -15,17 +15,44 @@ import httpx
 from . import __version__
 from .errors import ConfigError
 
-__all__ = ["ENV_PREFIX", "Config", "build_parser"]
+__all__ = ["ENV_PREFIX", "Config", "Upstream", "build_parser"]
 
 ENV_PREFIX = "ARI_PROXY_"
 _APP_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,73}$")
 
 
 @dataclass(frozen=True)
-class Config:
-    upstream: str  # Asterisk's HTTP base, e.g. http://127.0.0.1:8088 (no /ari)
+class Upstream:
+    """One Asterisk server: its HTTP base (e.g. http://127.0.0.1:8088, no /ari) and the
+    proxy's own ARI user there."""
+
+    base: str
     username: str
     password: str
+
+    @property
+    def name(self) -> str:
+        """host:port, as logs, metrics and error messages name the server."""
+        return httpx.URL(self.base).netloc.decode()
+
+    @property
+    def ari(self) -> str:
+        return self.base + "/ari"
+
+    @property
+    def ws(self) -> str:
+        return "ws" + self.ari[4:]
+
+    @property
+    def authorization(self) -> str:
+        """The proxy's own Authorization header value towards this server (Basic)."""
+        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+        return "Basic " + token
+
+
+@dataclass(frozen=True)
+class Config:
+    upstreams: tuple[Upstream, ...]  # one or more Asterisk servers, in the order given
     listen_host: str = "127.0.0.1"
     listen_port: int = 8089
     broadcast_app: str = "broadcast"
@@ -40,24 +67,15 @@ class Config:
     replica_id: str = ""
 
     @property
+    def upstream(self) -> Upstream:
+        """The first Asterisk server (the only one, unless several are given)."""
+        return self.upstreams[0]
+
+    @property
     def cluster_scope(self) -> str:
         """What the replicas' shared keys are named after: one Asterisk (its address) and
         one broadcast application; replicas of one Asterisk must reach it at one URL."""
-        return f"{httpx.URL(self.upstream).netloc.decode()}/{self.broadcast_app}"
-
-    @property
-    def upstream_ari(self) -> str:
-        return self.upstream.rstrip("/") + "/ari"
-
-    @property
-    def upstream_ws(self) -> str:
-        return "ws" + self.upstream_ari[4:]
-
-    @property
-    def authorization(self) -> str:
-        """The proxy's own Authorization header value towards Asterisk (Basic)."""
-        token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
-        return "Basic " + token
+        return f"{self.upstream.name}/{self.broadcast_app}"
 
     @classmethod
     def from_argv(cls, argv: Sequence[str], environ: Mapping[str, str]) -> Config:
@@ -74,7 +92,7 @@ class Config:
         return cls._validated(values)
 
     @classmethod
-    def _validated(cls, values: Mapping[str, str | bool | None]) -> Config:
+    def _validated(cls, values: Mapping[str, str | bool | list[str] | None]) -> Config:
         def text(name: str, default: str | None = None) -> str:
             value = values.get(name)
             if value is None or value == "":
@@ -95,16 +113,17 @@ class Config:
                 raise ConfigError(f"--{name.replace('_', '-')}", f"must be at least {low}")
             return value
 
-        upstream = text("upstream")
-        try:
-            url = httpx.URL(upstream)
-        except httpx.InvalidURL as exc:
-            raise ConfigError("--upstream", f"unparsable URL {upstream!r}: {exc}") from None
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ConfigError("--upstream", f"expected http(s)://host:port, got {upstream!r}")
-        upstream = upstream.rstrip("/")
-        if upstream.endswith("/ari"):
-            upstream = upstream[: -len("/ari")]
+        username, password = text("username", ""), text("password", "")
+        raw = values.get("upstream")
+        given = raw if isinstance(raw, list) else str(raw or "").split(",")
+        upstreams = tuple(
+            _upstream(u.strip(), username, password) for u in given if u and u.strip()
+        )
+        if not upstreams:
+            raise ConfigError("--upstream", "is required")
+        names = [u.name for u in upstreams]
+        if len(set(names)) < len(names):
+            raise ConfigError("--upstream", f"a server is given twice: {', '.join(names)}")
         listen = text("listen", "127.0.0.1:8089")
         host, sep, port_text = listen.rpartition(":")
         if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
@@ -131,10 +150,10 @@ class Config:
         replica_id = text("replica_id", f"{socket.gethostname()}-{os.getpid()}")
         if not _APP_NAME.match(replica_id):
             raise ConfigError("--replica-id", f"letters, digits, _ . - only: {replica_id!r}")
+        if cluster_url is not None and len(upstreams) > 1:
+            raise ConfigError("--cluster-url", "replicas serve one Asterisk server each for now")
         return cls(
-            upstream=upstream,
-            username=text("username"),
-            password=text("password"),
+            upstreams=upstreams,
             listen_host=host.strip("[]") or "127.0.0.1",
             listen_port=int(port_text),
             broadcast_app=broadcast_app,
@@ -150,6 +169,29 @@ class Config:
         )
 
 
+def _upstream(given: str, username: str, password: str) -> Upstream:
+    """One --upstream value: http(s)://[user:password@]host:port[/ari]; its userinfo, if
+    any, is the proxy's user on that server instead of --username/--password."""
+    try:
+        url = httpx.URL(given)
+    except httpx.InvalidURL as exc:
+        raise ConfigError("--upstream", f"unparsable URL {given!r}: {exc}") from None
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ConfigError("--upstream", f"expected http(s)://host:port, got {given!r}")
+    if url.query or url.fragment:
+        raise ConfigError("--upstream", f"no query or fragment expected: {given!r}")
+    if url.userinfo:
+        username, password = url.username, url.password or ""
+    elif not username or not password:
+        missing = "--username" if not username else "--password"
+        raise ConfigError(missing, "is required (or user:password@ in every --upstream)")
+    path = url.path.rstrip("/")
+    path = path.removesuffix("/ari")
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    port = f":{url.port}" if url.port is not None else ""
+    return Upstream(f"{url.scheme}://{host}{port}{path}", username, password)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ari-broadcast-proxy",
@@ -160,7 +202,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--version", action="version", version=f"%(prog)s {__version__}")
-    add("--upstream", help="Asterisk's HTTP base URL, e.g. http://127.0.0.1:8088 (required)")
+    add(
+        "--upstream",
+        action="append",
+        help=(
+            "Asterisk's HTTP base URL, e.g. http://127.0.0.1:8088 (required); repeat it (or "
+            "separate URLs with commas in the environment) for several servers behind one "
+            "endpoint; user:password@ in a URL is the proxy's user on that server"
+        ),
+    )
     add("--username", help="the proxy's own ARI user, for the broadcast application (required)")
     add("--password", help="that user's password (required)")
     add("--listen", help="HOST:PORT to serve ARI on (default 127.0.0.1:8089)")

@@ -23,10 +23,10 @@ from urllib.parse import parse_qsl
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from .errors import UpstreamError
-from .upstream.websocket import CLOSE_TIMEOUT, EventsSocket
+from .upstream.websocket import CLOSE_TIMEOUT
 from .upstream_order import UpstreamOrder, UpstreamStep
 
-__all__ = ["CLOSE_SHUTDOWN", "FORWARDED_HEADERS", "EventSession", "Interceptor"]
+__all__ = ["CLOSE_SHUTDOWN", "FORWARDED_HEADERS", "EventSession", "Interceptor", "UpstreamSocket"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,28 @@ FLUSH_TIMEOUT = 1.0
 # few KiB of ASCII JSON; user events with large variables reach 40 KiB each).
 MAX_QUEUED_BYTES = 16 * 1024 * 1024
 FORWARDED_HEADERS = ("authorization", "origin")
+
+
+class UpstreamSocket(Protocol):
+    """What a session relays to: one server's events socket (upstream/websocket.py), or one
+    over several servers (fleet/events.py)."""
+
+    subprotocol: str | None
+
+    @property
+    def close_code(self) -> int | None: ...
+
+    def start(self, on_text: Callable[[str], None]) -> None: ...
+
+    def send(self, text: str) -> None: ...
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+    async def wait_closed(self, timeout: float | None = None) -> None: ...
 
 
 class Interceptor(Protocol):
@@ -56,7 +78,7 @@ class EventSession:
     def __init__(
         self,
         websocket: WebSocket,
-        upstream: EventsSocket,
+        upstream: UpstreamSocket,
         apps: list[str],
         queue_size: int,
         interceptor: Interceptor,

@@ -83,5 +83,13 @@ class Metrics:
         """A gauge read at scrape time (connected applications, upstream state...)."""
         Gauge(name, documentation, registry=self.registry).set_function(read)
 
+    def gauges(
+        self, name: str, documentation: str, label: str, reads: dict[str, Callable[[], float]]
+    ) -> None:
+        """One gauge per `label` value (one per Asterisk server...), read at scrape time."""
+        gauge = Gauge(name, documentation, [label], registry=self.registry)
+        for value, read in reads.items():
+            gauge.labels(value).set_function(read)
+
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

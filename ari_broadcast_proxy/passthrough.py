@@ -34,7 +34,7 @@ from .http_exchange import (
     own_answer,
     relay,
 )
-from .upstream.rest import HttpResponse, UpstreamRest
+from .upstream.rest import AriRest, HttpResponse
 
 __all__ = ["Passthrough", "RequestHook"]
 
@@ -72,7 +72,7 @@ class RequestHook(Protocol):
 
 
 class Passthrough:
-    def __init__(self, rest: UpstreamRest, hook: RequestHook, fallback_host: str) -> None:
+    def __init__(self, rest: AriRest, hook: RequestHook, fallback_host: str) -> None:
         self._rest = rest
         self._hook = hook
         self._fallback_host = fallback_host

@@ -101,7 +101,7 @@ def _serve(config: Config, logs: LogWriter) -> None:
         "ari-broadcast-proxy listening on http://%s:%d/ari, upstream %s, broadcast application %r",
         config.listen_host,
         config.listen_port,
-        config.upstream,
+        ", ".join(u.name for u in config.upstreams),
         config.broadcast_app,
     )
     server.run(sockets=[sock])

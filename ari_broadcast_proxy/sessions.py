@@ -7,23 +7,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
 from .ari_request import app_parameter_values, parse_query, registered_apps, split_app_names
 from .errors import BadRequest, ProxyError, Reserved, json_error
-from .event_session import CLOSE_SHUTDOWN, FORWARDED_HEADERS, EventSession, Interceptor
+from .event_session import (
+    CLOSE_SHUTDOWN,
+    FORWARDED_HEADERS,
+    EventSession,
+    Interceptor,
+    UpstreamSocket,
+)
 from .registry import AppRegistry
 from .upstream.websocket import CLOSE_TIMEOUT, HandshakeRefused, open_events_socket
 from .upstream_order import UpstreamOrder
 
-__all__ = ["SessionManager"]
+__all__ = ["OpenUpstream", "SessionManager", "one_server"]
 
 log = logging.getLogger(__name__)
 
 MAX_QUERY = 4000  # as passthrough.MAX_TARGET: Asterisk's request-line limit
+
+
+class OpenUpstream(Protocol):
+    """Opens the upstream side of a client's events socket: its query (as the client sent
+    it), forwarded headers, subprotocols. Raises HandshakeRefused or ProxyError."""
+
+    def __call__(
+        self, query: str, headers: Mapping[str, str], subprotocols: list[str] | None
+    ) -> Awaitable[UpstreamSocket]: ...
+
+
+def one_server(upstream_ws: str, timeout: float) -> OpenUpstream:
+    """The client's socket relayed to one Asterisk's `/ari/events`, same query."""
+
+    async def open_upstream(
+        query: str, headers: Mapping[str, str], subprotocols: list[str] | None
+    ) -> UpstreamSocket:
+        url = upstream_ws + "/events" + ("?" + query if query else "")
+        return await open_events_socket(url, headers, timeout=timeout, subprotocols=subprotocols)
+
+    return open_upstream
 
 
 class SessionManager:
@@ -31,8 +59,7 @@ class SessionManager:
 
     def __init__(
         self,
-        upstream_ws: str,
-        timeout: float,
+        open_upstream: OpenUpstream,
         queue_size: int,
         registry: AppRegistry,
         interceptor: Interceptor,
@@ -40,8 +67,7 @@ class SessionManager:
         on_overflow: Callable[[], None] = lambda: None,
     ) -> None:
         self._on_overflow = on_overflow
-        self._upstream_ws = upstream_ws
-        self._timeout = timeout
+        self._open_upstream = open_upstream
         self._queue_size = queue_size
         self._registry = registry
         self._interceptor = interceptor
@@ -75,11 +101,6 @@ class SessionManager:
             )
             return
         headers = {k: v for k, v in websocket.headers.items() if k in FORWARDED_HEADERS}
-        url = (
-            self._upstream_ws
-            + "/events"
-            + ("?" + websocket.url.query if websocket.url.query else "")
-        )
         subprotocols = [
             p.strip()
             for p in websocket.headers.get("sec-websocket-protocol", "").split(",")
@@ -89,8 +110,8 @@ class SessionManager:
         # for them that started closing before (the client's previous one), see UpstreamOrder.
         async with self._order.take(apps):
             try:
-                upstream = await open_events_socket(
-                    url, headers, timeout=self._timeout, subprotocols=subprotocols or None
+                upstream = await self._open_upstream(
+                    websocket.url.query, headers, subprotocols or None
                 )
             except HandshakeRefused as refused:
                 log.info(

@@ -15,10 +15,11 @@ claims to Redis; the core here then mirrors what Redis decided.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 import random
 import time
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -53,7 +54,7 @@ class BroadcastController:
         self,
         config: Config,
         gateway: ChannelGateway,
-        guard: AppGuard,
+        guards: Sequence[AppGuard],
         registry: AppRegistry,
         presenter: Presenter,
         metrics: Metrics,
@@ -69,16 +70,22 @@ class BroadcastController:
         self._clock = clock or LoopClock()
         self.core: BroadcastCore[Offer] = BroadcastCore(rng)
         self.executor = Executor(self.core, gateway, registry, presenter, metrics, self._clock)
-        self.supervisor = Supervisor(
-            config,
-            open_socket,
-            guard,
-            gateway,
-            metrics,
-            self._clock,
-            self.on_event,
-            self._while_connected,
-        )
+        # One broadcast application socket per Asterisk server (guard), each server's
+        # events first to `on_server_event` (several servers: where each channel is).
+        self.on_server_event: Callable[[dict[str, Any], str], None] | None = None
+        self.supervisors = [
+            Supervisor(
+                config,
+                guard,
+                open_socket,
+                gateway,
+                metrics,
+                self._clock,
+                functools.partial(self._server_event, guard.upstream.name),
+                self._while_connected,
+            )
+            for guard in guards
+        ]
         self.recovery = Recovery(
             self.core,
             self.executor,
@@ -86,9 +93,9 @@ class BroadcastController:
             config.broadcast_app,
             metrics,
             self._clock,
-            lambda: self.supervisor.ready,
+            lambda: self.connected,
         )
-        self._runner: asyncio.Task[None] | None = None
+        self._runners: list[asyncio.Task[None]] = []
         self._replica: Replica | None = None
         self.asterisk_id: str | None = None
 
@@ -102,7 +109,12 @@ class BroadcastController:
     def ready(self) -> bool:
         if self._replica is not None:
             return self._replica.ready
-        return self.supervisor.ready
+        return self.connected
+
+    @property
+    def connected(self) -> bool:
+        """Whether the broadcast application is registered (on one server at least)."""
+        return any(s.ready for s in self.supervisors)
 
     def start(self) -> None:
         if self._replica is not None:
@@ -111,17 +123,19 @@ class BroadcastController:
             self.lead()
 
     def lead(self) -> None:
-        """Hold the broadcast application's socket (and with it, every call's fate)."""
-        if self._runner is None:
-            self._runner = asyncio.create_task(self.supervisor.run(), name="broadcast-app")
+        """Hold the broadcast application's sockets (and with them, every call's fate)."""
+        if not self._runners:
+            self._runners = [
+                asyncio.create_task(s.run(), name=f"broadcast-app-{s.server}")
+                for s in self.supervisors
+            ]
 
     async def follow(self) -> None:
-        """Let the broadcast application's socket go (another replica leads)."""
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-            self._runner = None
+        """Let the broadcast application's sockets go (another replica leads)."""
+        runners, self._runners = self._runners, []
+        for runner in runners:
+            runner.cancel()
+        await asyncio.gather(*runners, return_exceptions=True)
 
     async def stop(self, timeout: float = 5.0) -> None:
         """Ordered: stop taking calls, send every call still on offer back to the dialplan
@@ -144,6 +158,11 @@ class BroadcastController:
         await self.recovery.run()
 
     # -- the broadcast application's events ---------------------------------------------------
+
+    def _server_event(self, server: str, event: dict[str, Any]) -> None:
+        if self.on_server_event is not None:
+            self.on_server_event(event, server)
+        self.on_event(event)
 
     def on_event(self, event: dict[str, Any]) -> None:
         kind = event.get("type")

@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Coroutine, Iterator
 from typing import Any, Literal
 
 from ..errors import ProxyError
-from ..upstream.rest import UpstreamRest
+from ..upstream.rest import AriRest
 from ..upstream.ws_rest import RestOverWebSocket
 from .core import Verdict
 from .presentation import Invocation, asterisk_timestamp
@@ -61,7 +61,7 @@ class HandOverResult(enum.Enum):
 
 
 class ChannelGateway:
-    def __init__(self, rest: UpstreamRest, broadcast_app: str, subroutine_context: str) -> None:
+    def __init__(self, rest: AriRest, broadcast_app: str, subroutine_context: str) -> None:
         self._rest = rest
         self._app = broadcast_app
         self._context = subroutine_context

@@ -14,6 +14,7 @@ import logging
 
 import orjson
 
+from ..config import Upstream
 from ..errors import ProxyError
 from ..upstream.rest import UpstreamRest
 
@@ -33,6 +34,11 @@ class AppGuard:
         self._rest = rest
         self._app = app
         self._path = f"applications/{app}"
+
+    @property
+    def upstream(self) -> Upstream:
+        """The server this guard keeps the application on."""
+        return self._rest.upstream
 
     async def registered(self) -> bool:
         """Whether any socket holds the application on Asterisk right now."""

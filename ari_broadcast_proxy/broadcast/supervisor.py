@@ -56,8 +56,8 @@ class Supervisor:
     def __init__(
         self,
         config: Config,
-        open_socket: OpenEventsSocket,
         guard: AppGuard,
+        open_socket: OpenEventsSocket,
         gateway: ChannelGateway,
         metrics: Metrics,
         clock: Clock,
@@ -81,9 +81,15 @@ class Supervisor:
     def ready(self) -> bool:
         return self._ready.is_set()
 
+    @property
+    def server(self) -> str:
+        """The Asterisk server this socket is to (host:port)."""
+        return self._guard.upstream.name
+
     async def run(self) -> None:
-        url = f"{self._config.upstream_ws}/events?app={self._config.broadcast_app}"
-        headers = {"authorization": self._config.authorization}
+        upstream = self._guard.upstream
+        url = f"{upstream.ws}/events?app={self._config.broadcast_app}"
+        headers = {"authorization": upstream.authorization}
         delays = backoff()
         while True:
             if self._replaced:
@@ -207,6 +213,8 @@ class Supervisor:
         (one round trip for all of a hand-over's calls instead of one HTTP request each)."""
         if self._config.handover_transport == "http":
             log.info("hand-overs use HTTP (--handover-transport http)")
+        elif len(self._config.upstreams) > 1:
+            log.info("hand-overs use HTTP (several Asterisk servers: each call's own)")
         elif await calls.probe():
             self._gateway.attach(calls)
             log.info("hand-overs go over the broadcast application's socket (REST over WebSocket)")

@@ -45,6 +45,7 @@ class Leadership:
         self.lease = Lease(store.replica)
         self.leader_seen = False  # some replica held the lease at the last look
         self._wake = asyncio.Event()
+        self._stopped = False
 
     def acting(self) -> bool:
         """Whether this replica may act on Asterisk now."""
@@ -54,8 +55,16 @@ class Leadership:
         """The leader resigned: try for the lease now."""
         self._wake.set()
 
+    def stop(self) -> None:
+        """SIGTERM: `run` ends after the step under way, if any. Cancelling it alone is not
+        enough: Python 3.11's `asyncio.wait_for` (redis-py sends every command through it)
+        swallows a cancellation that arrives as the command is sent, and the loop would go
+        on renewing the lease of a replica that is shutting down."""
+        self._stopped = True
+        self._wake.set()
+
     async def run(self) -> None:
-        while True:
+        while not self._stopped:
             sent = self._clock.now()
             try:
                 await self._step(sent)
@@ -64,6 +73,8 @@ class Leadership:
                 if self.lease.lapsed(self._clock.now()):
                     log.error("the lease could not be renewed in time: stepping down")
                     await self._follow()
+            if self._stopped:
+                return
             pause = RENEW_EVERY if self.lease.leading else POLL_EVERY
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
@@ -119,10 +130,10 @@ class Leadership:
             return False
         log.info("handing the broadcast application over to another replica")
         deadline = self._clock.now() + HANDOFF_WAIT
-        supervisor = self._controller.supervisor
-        while supervisor.ready and self._clock.now() < deadline:
+        controller = self._controller
+        while controller.connected and self._clock.now() < deadline:
             await self._clock.sleep(0.02)
-        if supervisor.ready:
+        if controller.connected:
             sent = self._clock.now()
             try:
                 taken_back = await self._store.acquire(self.lease.new_token(), self.lease.ttl_ms)

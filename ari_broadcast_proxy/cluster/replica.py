@@ -111,7 +111,7 @@ class Replica:
         if not self._store.up:
             return False
         if self.lease.leading:
-            return self._controller.supervisor.ready
+            return self._controller.connected
         return self.leadership.leader_seen
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -127,6 +127,7 @@ class Replica:
     async def stop(self) -> bool:
         """SIGTERM. Returns True when another replica leads now (nothing to send back)."""
         if self._tasks:  # the lease loop first: it must not take the lease back meanwhile
+            self.leadership.stop()  # it ends even if the cancellation is lost
             self._tasks[0].cancel()
             await asyncio.wait(self._tasks[:1])
         handed = self.lease.leading and bool(self.audience.replicas)

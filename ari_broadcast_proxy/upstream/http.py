@@ -17,7 +17,7 @@ import collections
 import ssl
 import time
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import Any, Self
 
 import httptools
 import orjson
@@ -198,12 +198,21 @@ class HttpResponse:
     """An answer from Asterisk: status and head at once, the body read or streamed."""
 
     def __init__(self, pool: HttpPool, connection: _Connection, timeout: float) -> None:
-        self._pool = pool
+        self._pool: HttpPool | None = pool
         self._connection: _Connection | None = connection
         self._timeout = timeout
         self.status_code = connection.status
         self.raw_headers: Headers = connection.headers
         self.content = b""
+
+    @classmethod
+    def composed(cls, status: int, headers: Headers, content: bytes, timeout: float) -> Self:
+        """An answer the proxy composed from Asterisk's (several servers' lists merged):
+        its body is `content`, already here."""
+        answer = cls.__new__(cls)
+        answer._pool, answer._connection, answer._timeout = None, None, timeout
+        answer.status_code, answer.raw_headers, answer.content = status, headers, content
+        return answer
 
     @property
     def timeout(self) -> float:
@@ -230,6 +239,8 @@ class HttpResponse:
         connection at the end."""
         connection = self._connection
         if connection is None:
+            if self.content:  # read already, or composed: the body is here
+                yield self.content
             return
         try:
             while (chunk := await connection.next_chunk(self._timeout)) is not None:
@@ -252,7 +263,7 @@ class HttpResponse:
     def release(self) -> None:
         """Give the connection back (or drop it if the answer was not read to its end)."""
         connection, self._connection = self._connection, None
-        if connection is not None:
+        if connection is not None and self._pool is not None:
             self._pool.give_back(connection)
 
 

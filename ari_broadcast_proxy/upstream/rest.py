@@ -10,24 +10,56 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Iterable, Mapping
+from typing import Protocol
 from urllib.parse import quote, urlencode, urlsplit
 
-from ..config import Config
+from ..config import Config, Upstream
 from ..errors import UpstreamError, UpstreamTimeout
 from ..metrics import Metrics
 from .http import HttpPool, HttpResponse
 
-__all__ = ["HttpResponse", "UpstreamRest"]
+__all__ = ["AriRest", "HttpResponse", "UpstreamRest"]
 
 # Asterisk closes idle HTTP connections after http.conf `session_keep_alive` (15 s by
 # default): the pool forgets them before that, so a request never races the close.
 KEEPALIVE_EXPIRY = 10.0
 
 
+class AriRest(Protocol):
+    """Asterisk's ARI as the proxy uses it: one server (UpstreamRest) or several behind one
+    (fleet/rest.py's FleetRest)."""
+
+    async def send(
+        self,
+        method: str,
+        target: bytes,
+        headers: Iterable[tuple[bytes, bytes]] = (),
+        body: bytes = b"",
+        *,
+        stream: bool = False,
+    ) -> HttpResponse: ...
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str | int] | None = None,
+        *,
+        as_proxy: bool = True,
+        authorization: str | None = None,
+        json: bytes = b"",
+    ) -> HttpResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
 class UpstreamRest:
-    def __init__(self, config: Config, metrics: Metrics) -> None:
+    """One Asterisk server's ARI."""
+
+    def __init__(self, upstream: Upstream, config: Config, metrics: Metrics) -> None:
+        self.upstream = upstream
         self._metrics = metrics
-        url = urlsplit(config.upstream_ari)
+        url = urlsplit(upstream.ari)
         secure = url.scheme == "https"
         self._pool = HttpPool(
             url.hostname or "127.0.0.1",
@@ -39,7 +71,7 @@ class UpstreamRest:
             tls=ssl.create_default_context() if secure else None,
         )
         self.ari_path = url.path.encode("latin-1")  # b"/ari", or under http.conf's prefix
-        self._authorization = config.authorization
+        self._authorization = upstream.authorization
 
     async def aclose(self) -> None:
         await self._pool.aclose()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from ari_broadcast_proxy.config import Config
+from ari_broadcast_proxy.config import Config, Upstream
 from ari_broadcast_proxy.errors import ConfigError
 
 REQUIRED = ["--upstream", "http://127.0.0.1:8088", "--username", "u", "--password", "p"]
@@ -14,8 +14,9 @@ def test_defaults() -> None:
     config = Config.from_argv(REQUIRED, {})
     assert (config.listen_host, config.listen_port) == ("127.0.0.1", 8089)
     assert config.broadcast_app == "broadcast"
-    assert config.upstream_ari == "http://127.0.0.1:8088/ari"
-    assert config.upstream_ws == "ws://127.0.0.1:8088/ari"
+    assert config.upstreams == (Upstream("http://127.0.0.1:8088", "u", "p"),)
+    assert config.upstream.ari == "http://127.0.0.1:8088/ari"
+    assert config.upstream.ws == "ws://127.0.0.1:8088/ari"
 
 
 def test_environment_is_read_and_flags_win() -> None:
@@ -28,14 +29,13 @@ def test_environment_is_read_and_flags_win() -> None:
         "ARI_PROXY_LOG_JSON": "1",
     }
     from_env = Config.from_argv([], env)
-    assert from_env.upstream == "http://10.0.0.1:8088"
+    assert from_env.upstream.base == "http://10.0.0.1:8088"
     assert (from_env.listen_host, from_env.listen_port) == ("0.0.0.0", 9000)
     assert from_env.broadcast_app == "from-env"
     assert from_env.log_json
     flagged = Config.from_argv(["--broadcast-app", "from-flag", "--username", "flag-user"], env)
     assert flagged.broadcast_app == "from-flag"
-    assert flagged.username == "flag-user"
-    assert flagged.password == "env-pass"
+    assert (flagged.upstream.username, flagged.upstream.password) == ("flag-user", "env-pass")
 
 
 @pytest.mark.parametrize(
@@ -68,5 +68,43 @@ def test_required_settings(missing: str) -> None:
 
 
 def test_the_proxys_own_credentials_as_a_basic_authorization() -> None:
-    config = Config(upstream="http://127.0.0.1:8088", username="broadcast-proxy", password="p:w")
-    assert config.authorization == "Basic YnJvYWRjYXN0LXByb3h5OnA6dw=="
+    upstream = Upstream("http://127.0.0.1:8088", "broadcast-proxy", "p:w")
+    assert upstream.authorization == "Basic YnJvYWRjYXN0LXByb3h5OnA6dw=="
+
+
+def test_several_upstreams_flags_or_environment() -> None:
+    """Repeated flags, or commas in the environment; userinfo is that server's user."""
+    argv = ["--username", "u", "--password", "p"]
+    flags = ["--upstream", "http://a:8088", "--upstream", "https://x%40y:p%3Aw@b:8089/ari/"]
+    env = {"ARI_PROXY_UPSTREAM": " http://a:8088, https://x%40y:p%3Aw@b:8089/ari/ "}
+    for config in (Config.from_argv(argv + flags, {}), Config.from_argv(argv, env)):
+        assert config.upstreams == (
+            Upstream("http://a:8088", "u", "p"),
+            Upstream("https://b:8089", "x@y", "p:w"),
+        )
+        assert [u.name for u in config.upstreams] == ["a:8088", "b:8089"]
+        assert config.upstream is config.upstreams[0]
+
+
+def test_credentials_needed_only_where_a_server_has_none() -> None:
+    config = Config.from_argv(["--upstream", "http://v:w@a:8088"], {})
+    assert config.upstream.authorization == Upstream("", "v", "w").authorization
+    with pytest.raises(ConfigError, match="is required") as error:
+        Config.from_argv(["--upstream", "http://v:w@a:8088", "--upstream", "http://b:1"], {})
+    assert error.value.setting == "--username"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--upstream", "http://a:1", "--upstream", "http://a:1/ari"], "given twice"),
+        (["--upstream", "http://a:1?x=1"], "no query"),
+        (
+            ["--upstream", "http://a:1", "--upstream", "http://b:1", "--cluster-url", "redis://r"],
+            "one Asterisk server",
+        ),
+    ],
+)
+def test_bad_upstream_lists(argv: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Config.from_argv([*argv, "--username", "u", "--password", "p"], {})

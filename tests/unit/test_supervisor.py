@@ -11,15 +11,13 @@ import orjson
 
 from ari_broadcast_proxy.broadcast.ownership import GUARD_INTERVAL
 from ari_broadcast_proxy.broadcast.supervisor import Supervisor
-from ari_broadcast_proxy.config import Config
+from ari_broadcast_proxy.config import Config, Upstream
 from ari_broadcast_proxy.errors import UpstreamError
 from ari_broadcast_proxy.metrics import Metrics
 
 from .test_executor import FakeClock, FakeGateway, settle
 
-CONFIG = Config(
-    upstream="http://127.0.0.1:1", username="u", password="p", handover_transport="http"
-)
+CONFIG = Config(upstreams=(Upstream("http://127.0.0.1:1", "u", "p"),), handover_transport="http")
 
 
 class FakeSocket:
@@ -47,6 +45,8 @@ class FakeSocket:
 
 
 class FakeGuard:
+    upstream = CONFIG.upstream
+
     def __init__(self) -> None:
         self.registered_answers: list[bool] = []
         self.enforced = 0
@@ -70,8 +70,8 @@ class Harness:
         self.metrics = Metrics()
         self.supervisor = Supervisor(
             CONFIG,
-            self.open,
             self.guard,  # type: ignore[arg-type]
+            self.open,
             FakeGateway(),  # type: ignore[arg-type]
             self.metrics,
             self.clock,

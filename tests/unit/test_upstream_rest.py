@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from ari_broadcast_proxy.config import Config
+from ari_broadcast_proxy.config import Config, Upstream
 from ari_broadcast_proxy.metrics import Metrics
 from ari_broadcast_proxy.upstream.rest import UpstreamRest
 
@@ -48,7 +48,8 @@ async def test_a_cookie_from_one_answer_is_never_sent_again(
     cookie_setter: tuple[str, list[bytes]],
 ) -> None:
     base, heads = cookie_setter
-    rest = UpstreamRest(Config(upstream=base, username="u", password="p"), Metrics())
+    upstream = Upstream(base, "u", "p")
+    rest = UpstreamRest(upstream, Config(upstreams=(upstream,)), Metrics())
     try:
         for _ in range(3):
             response = await rest.call("GET", "asterisk/info")

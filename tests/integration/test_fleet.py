@@ -1,0 +1,261 @@
+"""One proxy in front of several real Asterisk servers (sandbox instances with their own
+systemname and entity id): applications connect once, hear every server, reach each
+resource on the server that holds it, and are offered the calls every server broadcasts.
+
+The module's fleet has three servers: `native` runs StasisBroadcast itself (the reference
+for the conformance scenarios), `a` and `b` stand behind the two-server proxy. A proxy in
+front of all three has a broadcast application of its own (`broadcast3`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator, Iterator
+
+import httpx
+import pytest
+
+from ..ari import Ari, Asterisk, events, start_asterisk, stop_asterisk, token
+from ..conftest import ProxyProcess
+from ..fleet import fleet
+from .scenarios import Target, claim, place_call, result
+from .test_conformance import EXPECTED, SCENARIOS, _diff
+
+
+@pytest.fixture(scope="module")
+def servers() -> Iterator[dict[str, Asterisk]]:
+    with fleet(3, f"fleet{os.getpid()}-") as instances:
+        yield dict(zip(("native", "a", "b"), instances, strict=True))
+
+
+@pytest.fixture(scope="module")
+def two(
+    servers: dict[str, Asterisk], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ProxyProcess]:
+    process = ProxyProcess(
+        servers["a"],
+        tmp_path_factory.mktemp("fleet-proxy") / "proxy.log",
+        "--upstream",
+        servers["b"].base,
+    )
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+@pytest.fixture(scope="module")
+async def unloaded(servers: dict[str, Asterisk]) -> None:
+    """Behind the proxy, the servers run the drop-in subroutine: no native module there."""
+    for name in ("a", "b"):
+        client = Ari(servers[name].base)
+        await client.set_native_modules(False)
+        await client.aclose()
+
+
+@pytest.fixture
+async def direct(servers: dict[str, Asterisk]) -> AsyncIterator[dict[str, Ari]]:
+    """ARI straight to each server; every channel left behind is hung up afterwards."""
+    clients = {name: Ari(server.base) for name, server in servers.items()}
+    try:
+        yield clients
+    finally:
+        for client in clients.values():
+            await client.hangup_all()
+            await client.aclose()
+
+
+async def entity_id(client: Ari) -> str:
+    return str((await client.http.get("asterisk/info")).json()["system"]["entity_id"])
+
+
+async def test_one_socket_hears_every_server(
+    two: ProxyProcess, direct: dict[str, Ari], servers: dict[str, Asterisk]
+) -> None:
+    """Each server's events, in that server's order, with its own asterisk_id."""
+    app = f"fleet-{token()}"
+    async with events(two.base, app) as client:
+        await asyncio.sleep(0.1)  # registration is asynchronous on Asterisk's side
+        made = {}
+        for name in ("a", "b"):
+            made[name] = await direct[name].originate("Local/s@tests-echo", app=app)
+            assert made[name]["id"].startswith(servers[name].name)
+        for name in ("a", "b"):
+            start = await client.wait_for(
+                lambda e, n=name: e["type"] == "StasisStart" and e["channel"]["id"] == made[n]["id"]
+            )
+            assert start["asterisk_id"] == await entity_id(direct[name])
+
+
+async def test_rest_reaches_the_holder_and_lists_are_merged(
+    two: ProxyProcess, direct: dict[str, Ari], servers: dict[str, Asterisk]
+) -> None:
+    proxied = Ari(two.base)
+    try:
+        app = f"fleet-{token()}"
+        async with events(two.base, app):
+            await asyncio.sleep(0.1)
+            on = {n: (await direct[n].originate("Local/s@tests-echo", app=app))["id"] for n in "ab"}
+            listed = {c["id"] for c in (await proxied.http.get("channels")).json()}
+            assert set(on.values()) <= listed
+            for name, channel_id in on.items():
+                got = await proxied.http.get(f"channels/{channel_id}")
+                assert got.status_code == 200 and got.json()["id"] == channel_id, name
+                variable = {"variable": "FLEET", "value": name}
+                assert (
+                    await proxied.http.post(f"channels/{channel_id}/variable", params=variable)
+                ).status_code == 204
+                there = await direct[name].http.get(
+                    f"channels/{channel_id}/variable", params={"variable": "FLEET"}
+                )
+                assert there.json()["value"] == name
+            # originate next to a channel: on its server
+            near = await proxied.http.post(
+                "channels",
+                params={"endpoint": "Local/s@tests-echo", "app": app, "originator": on["b"]},
+            )
+            assert near.status_code == 200 and near.json()["id"].startswith(servers["b"].name)
+            # a bridge pinned to a, then a channel of b refused, naming both servers
+            bridge = await proxied.http.post(
+                "bridges", headers={"X-Asterisk-Server": servers["a"].base.split("//")[1]}
+            )
+            assert bridge.status_code == 200
+            bridge_id = bridge.json()["id"]
+            assert (await direct["a"].http.get(f"bridges/{bridge_id}")).status_code == 200
+            added = await proxied.http.post(
+                f"bridges/{bridge_id}/addChannel", params={"channel": on["a"]}
+            )
+            assert added.status_code == 204
+            across = await proxied.http.post(
+                f"bridges/{bridge_id}/addChannel", params={"channel": on["b"]}
+            )
+            assert across.status_code == 422
+            message = across.json()["message"]
+            assert all(servers[n].base.split("//")[1] in message for n in "ab"), message
+            assert (await proxied.http.delete(f"bridges/{bridge_id}")).status_code == 204
+            # unknown everywhere: Asterisk's own 404
+            missing = await proxied.http.get("channels/no-such-channel")
+            assert missing.status_code == 404 and missing.json() == {"message": "Channel not found"}
+            # creations without a hint take turns
+            turns = [(await proxied.http.post("bridges")).json()["id"] for _ in range(2)]
+            homes = set()
+            for bridge_id in turns:
+                for name in "ab":
+                    if (await direct[name].http.get(f"bridges/{bridge_id}")).status_code == 200:
+                        homes.add(name)
+                await proxied.http.delete(f"bridges/{bridge_id}")
+            assert homes == {"a", "b"}
+            # one application, merged: both servers' channels
+            application = (await proxied.http.get(f"applications/{app}")).json()
+            assert set(on.values()) <= set(application["channel_ids"])
+    finally:
+        await proxied.aclose()
+
+
+async def test_calls_on_every_server_are_offered_and_handed_over_there(
+    two: ProxyProcess, unloaded: None, direct: dict[str, Ari]
+) -> None:
+    app = f"fleet-{token()}"
+    proxied = Ari(two.base)
+    try:
+        async with events(two.base, app) as client:
+            await asyncio.sleep(0.1)
+            for name in ("a", "b"):
+                target = Target(name, two.base, "conformance-proxy", direct[name], proxied)
+                offered = len(client.of_type("CallBroadcast"))
+                call = await place_call(target, f"10000,^{app}$")
+                await client.wait_for(lambda e, n=offered: len(client.of_type("CallBroadcast")) > n)
+                channel_id = client.of_type("CallBroadcast")[-1]["channel"]["id"]
+                assert (await claim(proxied, channel_id, app))["status"] == 204
+                start = await client.wait_for(
+                    lambda e, c=channel_id: e["type"] == "StasisStart" and e["channel"]["id"] == c
+                )
+                assert start["asterisk_id"] == await entity_id(direct[name])
+                await proxied.http.post(f"channels/{channel_id}/continue")
+                assert (await result(target, call))[0] == "SUCCESS"
+    finally:
+        await proxied.aclose()
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+async def test_conformance_through_two_servers(
+    name: str, two: ProxyProcess, unloaded: None, direct: dict[str, Ari]
+) -> None:
+    """The broadcast scenarios: natively on one server, and through the two-server proxy
+    with the calls on its second server."""
+    native_apps, proxied_apps = Ari(direct["native"].base), Ari(two.base)
+    try:
+        native_target = Target(
+            "native", direct["native"].base, "conformance-native", direct["native"], native_apps
+        )
+        proxy_target = Target("proxy", two.base, "conformance-proxy", direct["b"], proxied_apps)
+        native = await SCENARIOS[name](native_target)
+        for key, value in EXPECTED[name].items():
+            assert native[key] == value, f"native {name}.{key}: the spec says {value!r}"
+        proxied = await SCENARIOS[name](proxy_target)
+        assert proxied == native, _diff(native, proxied)
+    finally:
+        await native_apps.aclose()
+        await proxied_apps.aclose()
+
+
+async def test_three_servers_merge_and_one_going_away(
+    servers: dict[str, Asterisk], direct: dict[str, Ari], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Three servers behind one proxy: merged lists; one server stopped in the middle: the
+    others go on, its resources get a clear error, the client's socket stays open, and the
+    application is registered there again when it is back."""
+    names = ("native", "a", "b")
+    proxy = ProxyProcess(
+        servers["native"],
+        tmp_path_factory.mktemp("fleet-three") / "proxy.log",
+        "--upstream",
+        servers["a"].base,
+        "--upstream",
+        servers["b"].base,
+        "--broadcast-app",
+        "broadcast3",
+    )
+    proxied = Ari(proxy.base)
+    app = f"fleet-{token()}"
+    try:
+        async with events(proxy.base, app) as client:
+            await asyncio.sleep(0.1)
+            on = {
+                n: (await direct[n].originate("Local/s@tests-echo", app=app))["id"] for n in names
+            }
+            listed = {c["id"] for c in (await proxied.http.get("channels")).json()}
+            assert set(on.values()) <= listed
+            # b goes away
+            gone = servers["b"]
+            os.kill(gone.pid, signal.SIGKILL)
+            await proxy.wait_log("went away")
+            assert (await proxied.http.get(f"channels/{on['a']}")).status_code == 200
+            unreachable = await proxied.http.get(f"channels/{on['b']}")
+            assert unreachable.status_code == 502, unreachable.text
+            assert gone.base.split("//")[1] in unreachable.json()["message"]
+            listed = {c["id"] for c in (await proxied.http.get("channels")).json()}
+            assert on["a"] in listed and on["native"] in listed
+            async with httpx.AsyncClient() as plain:
+                ready = await plain.get(f"{proxy.base}/readyz")
+            assert ready.status_code == 200, ready.text  # while one server at least is
+            assert ready.json()["servers"][gone.base.split("//")[1]] is False
+            # back: the application is registered there again, and its events come
+            await asyncio.to_thread(stop_asterisk, gone)
+            back = await asyncio.to_thread(
+                start_asterisk, gone.name, systemname=gone.name, port=gone.port
+            )
+            servers["b"] = back
+            await proxy.wait_log("is back")
+            again = Ari(back.base)
+            made = await again.originate("Local/s@tests-echo", app=app)
+            await client.wait_for(
+                lambda e: e["type"] == "StasisStart" and e["channel"]["id"] == made["id"]
+            )
+            await again.hangup_all()
+            await again.aclose()
+    finally:
+        await proxied.aclose()
+        proxy.stop()
