@@ -5,9 +5,11 @@ servers) its route names (fleet/routing.py), with the same interface as one serv
 - HOLDER: the locator's server, else the one that answers a GET for the resource (asked of
   every server at once); none: the first ready server, so that Asterisk's own 404 answers
   (502 when a server could not be asked: the resource may be there).
-- CREATE: the server of the resource the request names (an `originator`), or the one the
-  client pins with the `X-Asterisk-Server: host:port` header, else the next ready server in
-  turn (round robin: no server state is needed to weigh them, and calls spread evenly).
+- CREATE: the server the client pins with the `X-Asterisk-Server: host:port` header, or the
+  server of the channel the request names (an `originator`), or the server whose
+  `systemname` begins the id the client chose (`channelId=a-call-1`, `bridgeId=a-b1`: server
+  `a`, as its own ids begin), else the next ready server in turn (round robin: no server
+  state is needed to weigh them, and calls spread evenly).
 - EVERY: every ready server at once; lists come back merged, a write answers as the first
   server that refused it, else as the first.
 - ANY: the first ready server, the next if it cannot be reached.
@@ -50,6 +52,7 @@ class FleetRest:
         self.servers = {s.upstream.name: s for s in servers}
         self.locator = locator
         self.up = dict.fromkeys(self.servers, True)  # reachable at the last try
+        self.systemnames: dict[str, str] = {}  # systemname -> server, read at start
         self._turn = itertools.cycle(list(self.servers))
 
     async def aclose(self) -> None:
@@ -135,6 +138,7 @@ class FleetRest:
                     systemname,
                 )
             seen.setdefault(systemname, name)
+        self.systemnames = {s: n for s, n in seen.items() if s}
 
     # -- routing ------------------------------------------------------------------------------
 
@@ -259,14 +263,30 @@ class FleetRest:
                     f"(one of {', '.join(self.servers)})"
                 )
             server = pinned
-        elif where.resource is not None and (known := await self._holder(where.resource)):
-            server = known  # an update of an existing bridge, or Asterisk's own refusal
         elif where.together and (holder := await self._holder(where.together[0])):
-            server = holder  # where the originator (or the channel) is
+            server = holder  # where the originator is
+        elif where.resource is not None and (named := self._named_by(where.resource.id)):
+            server = named  # an id that starts with a server's systemname
+        elif where.resource is not None and (known := await self._existing(where.resource)):
+            server = known  # an update of an existing bridge, or Asterisk's own refusal
         else:
             server = self._next_ready()
         await self._check_together(where, server, None)
         return server
+
+    def _named_by(self, chosen: str) -> str | None:
+        """The server whose systemname begins a chosen id (`a-call-1`: server `a`), as
+        its own channel ids begin."""
+        systemname = chosen.partition("-")[0]
+        return self.systemnames.get(systemname) if systemname != chosen else None
+
+    async def _existing(self, resource: Resource) -> str | None:
+        """Who holds an id chosen for a creation; a server that cannot be asked counts as
+        not holding it (it cannot take the creation either)."""
+        try:
+            return await self._holder(resource)
+        except UpstreamError:
+            return None
 
     def _next_ready(self) -> str:
         for _ in range(len(self.servers)):

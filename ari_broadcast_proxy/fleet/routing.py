@@ -6,7 +6,7 @@ family (README, "Several Asterisk servers"):
 - HOLDER: the request names a live resource (a channel, bridge, playback, live or stored
   recording, endpoint): the server that holds it;
 - CREATE: it makes a new channel or bridge: the server of the channel it names (an
-  originator, a channel to dial), else the next ready server in turn;
+  originator), or the one its chosen id names, else the next ready server in turn;
 - EVERY: a list (merged) or a fleet-wide setting (global variables, modules, logging,
   dynamic configuration, device states, mailboxes, application subscriptions): every server;
 - ANY: the same answer from any server (system information, sounds, api-docs, reads of
@@ -55,7 +55,7 @@ class Resource:
 @dataclass(frozen=True)
 class Route:
     kind: Kind
-    resource: Resource | None = None  # HOLDER: the one named; CREATE: an id asked for
+    resource: Resource | None = None  # HOLDER: the one named; CREATE: the id chosen, if any
     together: tuple[Resource, ...] = ()  # must be on the same server as `resource`/created
     merge: bool = False  # EVERY: the answers are JSON lists (or applications) to merge
 
@@ -97,9 +97,9 @@ def _channels(call: AriCall) -> Route:
     if len(segments) == 1:
         if call.method == "GET":
             return _EVERY_LIST
-        return _creation(call, None)
+        return _creation(call, _chosen(call, "channels", "channelId"))
     if len(segments) == 2 and segments[1] in _CREATIONS and call.method == "POST":
-        return _creation(call, None)
+        return _creation(call, _chosen(call, "channels", "channelId"))
     channel = Resource("channels", segments[1])
     if len(segments) == 2 and call.method == "POST":  # originate with this id
         return _creation(call, channel)
@@ -112,10 +112,18 @@ def _creation(call: AriCall, asked: Resource | None) -> Route:
     return Route(Kind.CREATE, asked, _channels_named(call, "originator"))
 
 
+def _chosen(call: AriCall, family: str, parameter: str) -> Resource | None:
+    """The id a client chose for what it creates (`channelId`, `bridgeId`), if any."""
+    values = [v for v in call.values(parameter) if v]
+    return Resource(family, values[0]) if values else None
+
+
 def _bridges(call: AriCall) -> Route:
     segments = call.segments
     if len(segments) == 1:
-        return _EVERY_LIST if call.method == "GET" else _creation(call, None)
+        if call.method == "GET":
+            return _EVERY_LIST
+        return _creation(call, _chosen(call, "bridges", "bridgeId"))
     bridge = Resource("bridges", segments[1])
     if len(segments) == 2 and call.method == "POST":  # create with this id, or update it
         return Route(Kind.CREATE, bridge)

@@ -14,14 +14,21 @@ import os
 import signal
 from collections.abc import AsyncIterator, Iterator
 
+import asyncari
 import httpx
 import pytest
 
-from ..ari import Ari, Asterisk, events, start_asterisk, stop_asterisk, token
+from ..ari import PASSWORD, USER, Ari, Asterisk, events, start_asterisk, stop_asterisk, token
 from ..conftest import ProxyProcess
 from ..fleet import fleet
 from .scenarios import Target, claim, place_call, result
+from .test_clients import asyncari_leftovers, broadcast_call, next_event, node_app  # noqa: F401
 from .test_conformance import EXPECTED, SCENARIOS, _diff
+
+pytestmark = [  # as tests/integration/test_clients.py, for asyncari
+    pytest.mark.filterwarnings("ignore:The 'warn' method is deprecated:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:Unclosed <MemoryObject:ResourceWarning"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -177,6 +184,75 @@ async def test_calls_on_every_server_are_offered_and_handed_over_there(
                 assert (await result(target, call))[0] == "SUCCESS"
     finally:
         await proxied.aclose()
+
+
+async def test_node_ari_client_takes_calls_from_every_server(
+    two: ProxyProcess, unloaded: None, direct: dict[str, Ari], servers: dict[str, Asterisk]
+) -> None:
+    """The npm ari-client, unmodified: it claims every CallBroadcast it gets."""
+    app = f"node-{token()}"
+    async with node_app(two.base, app) as client:
+        for name in ("a", "b"):
+            call = await broadcast_call(direct[name])
+            claimed = await client.wait_for(
+                lambda m, n=name: (
+                    m["kind"] == "claimed" and m["channel"].startswith(servers[n].name)
+                )
+            )
+            channel_id = claimed["channel"]
+            await client.wait_for(client.event("StasisStart", channel_id))
+            proxied = Ari(two.base)
+            assert (await proxied.http.post(f"channels/{channel_id}/continue")).status_code == 204
+            await proxied.aclose()
+            assert await direct[name].wait_global(f"BCAST_RESULT_{call}") == "SUCCESS"
+
+
+@pytest.mark.usefixtures("asyncari_leftovers")
+async def test_asyncari_works_each_call_on_its_own_server(
+    two: ProxyProcess, unloaded: None, direct: dict[str, Ari], servers: dict[str, Asterisk]
+) -> None:
+    """asyncari, unmodified: a call from each server claimed, answered, played to, bridged
+    with a channel originated next to it (`originator`), on its own server; a bridge of one
+    server refuses the other's channel."""
+    app = f"py-{token()}"
+    bridges = {}
+    async with (
+        asyncari.connect(two.base, app, USER, PASSWORD) as client,
+        client.on_channel_event("CallBroadcast") as offers,
+        client.on_channel_event("StasisStart") as starts,
+    ):
+        for name in ("a", "b"):
+            call = await broadcast_call(direct[name], 20000)
+            offered, _ = await next_event(offers)
+            assert offered.id.startswith(servers[name].name)
+            await client.events.claimChannel(channelId=offered.id, application=app)
+            objects, _ = await next_event(starts)
+            caller = objects["channel"]
+            await caller.answer()
+            await caller.play(media="tone:ring")
+            other = await client.channels.originate(
+                endpoint="Local/s@tests-echo", app=app, originator=caller.id
+            )
+            assert other.id.startswith(servers[name].name)
+            await next_event(starts)
+            # a bridge chosen on this server by its id, as its own ids begin
+            bridge = await client.bridges.create(
+                type="mixing", bridgeId=f"{servers[name].name}-{token()}"
+            )
+            await bridge.addChannel(channel=f"{caller.id},{other.id}")
+            held = (await direct[name].http.get(f"bridges/{bridge.id}")).json()
+            assert set(held["channels"]) == {caller.id, other.id}
+            bridges[name] = (bridge, caller, other, call)
+        bridge_a = bridges["a"][0]
+        with pytest.raises(Exception) as refused:
+            await bridge_a.addChannel(channel=bridges["b"][1].id)
+        assert "422" in str(refused.value) or getattr(refused.value, "status_code", 0) == 422
+        for name, (bridge, caller, other, call) in bridges.items():
+            await other.hangup()
+            assert (await direct[name].http.get(f"channels/{other.id}")).status_code == 404
+            await bridge.destroy()
+            await caller.continueInDialplan()
+            assert await direct[name].wait_global(f"BCAST_RESULT_{call}") == "SUCCESS"
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))

@@ -76,6 +76,11 @@ BRIDGE = Resource("bridges", "b1")
         (call("POST", "channels/externalMedia", app="a"), Route(Kind.CREATE)),
         (call("POST", "channels/alpha-1.1", endpoint="x"), Route(Kind.CREATE, CHANNEL)),
         (call("POST", "bridges", type="mixing"), Route(Kind.CREATE)),
+        (call("POST", "bridges", bridgeId="a-b1"), Route(Kind.CREATE, Resource("bridges", "a-b1"))),
+        (
+            call("POST", "channels", endpoint="x", channelId="a-c1"),
+            Route(Kind.CREATE, Resource("channels", "a-c1")),
+        ),
         (call("POST", "bridges/b1"), Route(Kind.CREATE, BRIDGE)),
         # fleet-wide settings: written everywhere, read anywhere
         (call("POST", "asterisk/variable", variable="X", value="1"), Route(Kind.EVERY)),
