@@ -73,9 +73,10 @@ class Config:
 
     @property
     def cluster_scope(self) -> str:
-        """What the replicas' shared keys are named after: one Asterisk (its address) and
-        one broadcast application; replicas of one Asterisk must reach it at one URL."""
-        return f"{self.upstream.name}/{self.broadcast_app}"
+        """What the replicas' shared keys are named after: the Asterisk servers (their
+        addresses) and one broadcast application; replicas must reach them at one URL each."""
+        servers = ",".join(sorted(u.name for u in self.upstreams))
+        return f"{servers}/{self.broadcast_app}"
 
     @classmethod
     def from_argv(cls, argv: Sequence[str], environ: Mapping[str, str]) -> Config:
@@ -150,8 +151,6 @@ class Config:
         replica_id = text("replica_id", f"{socket.gethostname()}-{os.getpid()}")
         if not _APP_NAME.match(replica_id):
             raise ConfigError("--replica-id", f"letters, digits, _ . - only: {replica_id!r}")
-        if cluster_url is not None and len(upstreams) > 1:
-            raise ConfigError("--cluster-url", "replicas serve one Asterisk server each for now")
         return cls(
             upstreams=upstreams,
             listen_host=host.strip("[]") or "127.0.0.1",

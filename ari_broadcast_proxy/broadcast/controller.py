@@ -96,6 +96,7 @@ class BroadcastController:
             lambda: self.connected,
         )
         self._runners: list[asyncio.Task[None]] = []
+        self._holding = False  # a replica took the calls over on its first socket
         self._replica: Replica | None = None
         self.asterisk_id: str | None = None
 
@@ -153,9 +154,16 @@ class BroadcastController:
         await self.executor.stop(timeout)
 
     async def _while_connected(self) -> None:
-        if self._replica is not None:
-            await self._replica.taken_over()
-        await self.recovery.run()
+        """On each broadcast socket: a replica's first one makes the calls its own."""
+        try:
+            if self._replica is not None and not self._holding:
+                self._holding = True
+                await self._replica.taken_over()
+            await self.recovery.run()
+        finally:
+            # Cancelled as its socket closed: once none is left, the next one takes over.
+            if not self.connected:
+                self._holding = False
 
     # -- the broadcast application's events ---------------------------------------------------
 

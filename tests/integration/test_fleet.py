@@ -10,9 +10,11 @@ front of all three has a broadcast application of its own (`broadcast3`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import asyncari
 import httpx
@@ -21,6 +23,8 @@ import pytest
 from ..ari import PASSWORD, USER, Ari, Asterisk, events, start_asterisk, stop_asterisk, token
 from ..conftest import ProxyProcess
 from ..fleet import fleet
+from ..redis_server import RedisServer, redis_server_fixture  # noqa: F401
+from ..replicas import Replica, wait_leader
 from .scenarios import Target, claim, place_call, result
 from .test_clients import asyncari_leftovers, broadcast_call, next_event, node_app  # noqa: F401
 from .test_conformance import EXPECTED, SCENARIOS, _diff
@@ -253,6 +257,79 @@ async def test_asyncari_works_each_call_on_its_own_server(
             await bridge.destroy()
             await caller.continueInDialplan()
             assert await direct[name].wait_global(f"BCAST_RESULT_{call}") == "SUCCESS"
+
+
+async def test_replicas_share_the_fleet(
+    servers: dict[str, Asterisk],
+    unloaded: None,
+    direct: dict[str, Ari],
+    redis_server: RedisServer,
+    tmp_path: Path,
+) -> None:
+    """Two replicas (one real redis-server) in front of both servers: calls on either
+    server are offered through both replicas and claimed through either; the leader killed,
+    the other takes the whole fleet over and the calls go on."""
+    replicas = [
+        Replica(
+            servers["a"],
+            tmp_path / f"r{i}.log",
+            f"r{i}",
+            redis_server.url,
+            "--upstream",
+            servers["b"].base,
+            "--broadcast-app",
+            "fleetcast",
+        )
+        for i in range(2)
+    ]
+    prefix = f"rf{token()}"
+    try:
+        leader, _ = await wait_leader(replicas)
+        async with contextlib.AsyncExitStack() as stack:
+            clients = {
+                r.replica_id: await stack.enter_async_context(
+                    events(r.base, f"{prefix}-{r.replica_id}")
+                )
+                for r in replicas
+            }
+            await asyncio.sleep(0.3)  # each replica announces its applications
+
+            async def broadcast_and_claim(name: str, through: Replica) -> None:
+                app = f"{prefix}-{through.replica_id}"
+                client = clients[through.replica_id]
+                offered = len(client.of_type("CallBroadcast"))
+                target = Target(
+                    name,
+                    through.base,
+                    "conformance-proxy",
+                    direct[name],
+                    Ari(through.base),
+                    {"__ARI_BROADCAST_APP": "fleetcast"},
+                )
+                call = await place_call(target, f"10000,^{prefix}-")
+                await client.wait_for(lambda e: len(client.of_type("CallBroadcast")) > offered)
+                channel_id = client.of_type("CallBroadcast")[-1]["channel"]["id"]
+                assert channel_id.startswith(servers[name].name)
+                assert (await claim(target.apps_ari, channel_id, app))["status"] == 204
+                await client.wait_for(
+                    lambda e: e["type"] == "StasisStart" and e["channel"]["id"] == channel_id
+                )
+                await target.apps_ari.http.post(f"channels/{channel_id}/continue")
+                assert (await result(target, call))[0] == "SUCCESS"
+                await target.apps_ari.aclose()
+
+            for name in ("a", "b"):
+                for through in replicas:
+                    await broadcast_and_claim(name, through)
+            leader.kill9()
+            survivor = next(r for r in replicas if r is not leader)
+            _, took = await wait_leader([survivor])
+            print(f"fleet takeover after kill -9: {took:.2f} s")
+            for name in ("a", "b"):
+                await broadcast_and_claim(name, survivor)
+    finally:
+        for replica in replicas:
+            replica.stop()
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))

@@ -99,10 +99,6 @@ def test_credentials_needed_only_where_a_server_has_none() -> None:
     [
         (["--upstream", "http://a:1", "--upstream", "http://a:1/ari"], "given twice"),
         (["--upstream", "http://a:1?x=1"], "no query"),
-        (
-            ["--upstream", "http://a:1", "--upstream", "http://b:1", "--cluster-url", "redis://r"],
-            "one Asterisk server",
-        ),
     ],
 )
 def test_bad_upstream_lists(argv: list[str], message: str) -> None:
