@@ -57,7 +57,6 @@ class FleetSocket:
         self._rest = rest
         self._sockets: dict[str, EventsSocket] = {}
         self._on_text: Callable[[str], None] | None = None
-        self._early: list[str] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._paused = False
         self._replaced: set[str] = set()  # applications whose ApplicationReplaced went out
@@ -102,7 +101,8 @@ class FleetSocket:
 
     def _adopt(self, server: Upstream, socket: EventsSocket) -> None:
         self._sockets[server.name] = socket
-        socket.start(lambda text: self._frame(server.name, text))
+        if self._on_text is not None:  # else at `start` (each socket keeps what came)
+            self._start(server.name, socket)
         if self._paused:
             socket.pause_reading()
         self._spawn(self._watch(server, socket), f"watch-{server.name}")
@@ -143,9 +143,11 @@ class FleetSocket:
 
     def start(self, on_text: Callable[[str], None]) -> None:
         self._on_text = on_text
-        early, self._early = self._early, []
-        for text in early:
-            on_text(text)
+        for name, socket in self._sockets.items():
+            self._start(name, socket)
+
+    def _start(self, server: str, socket: EventsSocket) -> None:
+        socket.start(lambda text: self._frame(server, text))
 
     def _frame(self, server: str, text: str) -> None:
         event = orjson.loads(text)
@@ -160,9 +162,7 @@ class FleetSocket:
         self._deliver(text)
 
     def _deliver(self, text: str) -> None:
-        if self._on_text is None:
-            self._early.append(text)
-        else:
+        if self._on_text is not None:  # always, once the session runs
             self._on_text(text)
 
     # -- frames from the client ---------------------------------------------------------------

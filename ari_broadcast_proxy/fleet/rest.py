@@ -44,9 +44,6 @@ log = logging.getLogger(__name__)
 PIN_HEADER = b"x-asterisk-server"
 _JSON = [(b"content-type", b"application/json")]
 
-Send = Callable[[UpstreamRest], Awaitable[HttpResponse]]
-
-
 class FleetRest:
     def __init__(self, servers: Sequence[UpstreamRest], locator: Locator) -> None:
         self.servers = {s.upstream.name: s for s in servers}
@@ -122,7 +119,11 @@ class FleetRest:
             if not isinstance(answer, HttpResponse) or answer.status_code != 200:
                 log.warning("Asterisk %s did not say its systemname (it is checked once)", name)
                 continue
-            systemname = str((answer.json().get("config") or {}).get("name") or "")
+            try:
+                config = answer.json().get("config") or {}
+            except (ValueError, AttributeError):
+                config = {}
+            systemname = str(config.get("name") or "")
             if not systemname:
                 log.warning(
                     "Asterisk %s has no systemname: its channel ids can collide with another "
