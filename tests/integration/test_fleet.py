@@ -13,14 +13,25 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncari
 import httpx
 import pytest
 
-from ..ari import PASSWORD, USER, Ari, Asterisk, events, start_asterisk, stop_asterisk, token
+from ..ari import (
+    PASSWORD,
+    USER,
+    Ari,
+    Asterisk,
+    Events,
+    events,
+    start_asterisk,
+    stop_asterisk,
+    token,
+)
 from ..conftest import ProxyProcess
 from ..fleet import fleet
 from ..redis_server import RedisServer, redis_server_fixture  # noqa: F401
@@ -80,6 +91,42 @@ async def direct(servers: dict[str, Asterisk]) -> AsyncIterator[dict[str, Ari]]:
 
 async def entity_id(client: Ari) -> str:
     return str((await client.http.get("asterisk/info")).json()["system"]["entity_id"])
+
+
+async def broadcast_and_claim(
+    client: Events, proxy_base: str, app: str, server: Ari, filter_: str, broadcast_app: str = ""
+) -> dict[str, Any]:
+    """A call placed on `server` through the drop-in subroutine (to `broadcast_app`, default
+    the proxy's usual one), offered on `client`'s socket, claimed for `app` through
+    `proxy_base` (204), started there and let go (SUCCESS); its StasisStart."""
+    variables = {"__ARI_BROADCAST_APP": broadcast_app} if broadcast_app else {}
+    apps = Ari(proxy_base)
+    try:
+        target = Target("proxy", proxy_base, "conformance-proxy", server, apps, variables)
+        offered = len(client.of_type("CallBroadcast"))
+        call = await place_call(target, f"10000,{filter_}")
+        await client.wait_for(lambda e: len(client.of_type("CallBroadcast")) > offered)
+        channel_id = client.of_type("CallBroadcast")[-1]["channel"]["id"]
+        assert (await claim(apps, channel_id, app))["status"] == 204
+        start = await client.wait_for(
+            lambda e: e["type"] == "StasisStart" and e["channel"]["id"] == channel_id
+        )
+        assert (await apps.http.post(f"channels/{channel_id}/continue")).status_code == 204
+        assert (await result(target, call))[0] == "SUCCESS"
+        return start
+    finally:
+        await apps.aclose()
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, cap: float = 15) -> None:
+    """Polls `check` every 50 ms until it holds (at most `cap` s): for state the proxy only
+    shows on request (readiness)."""
+    try:
+        async with asyncio.timeout(cap):
+            while not await check():  # noqa: ASYNC110 (readiness is only shown on request)
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        raise AssertionError(f"not within {cap} s: {what}") from None
 
 
 async def test_one_socket_hears_every_server(
@@ -165,29 +212,58 @@ async def test_rest_reaches_the_holder_and_lists_are_merged(
         await proxied.aclose()
 
 
+async def test_one_id_on_two_servers_is_refused(
+    two: ProxyProcess, direct: dict[str, Ari], servers: dict[str, Asterisk]
+) -> None:
+    """A client-chosen id taken on both servers: a clear 409 naming them, never a request
+    sent to either."""
+    same = f"dup-{token()}"
+    try:
+        for name in ("a", "b"):
+            assert (await direct[name].http.post(f"bridges/{same}")).status_code == 200
+        proxied = Ari(two.base)
+        got = await proxied.http.post(f"bridges/{same}/moh")
+        await proxied.aclose()
+        assert got.status_code == 409, got.text
+        message = got.json()["message"]
+        assert all(servers[n].base.split("//")[1] in message for n in "ab"), message
+        assert "systemname" in message
+    finally:
+        for name in ("a", "b"):
+            await direct[name].http.delete(f"bridges/{same}")
+
+
+async def test_servers_without_systemname_are_named_at_start(
+    asterisk: Asterisk, servers: dict[str, Asterisk], tmp_path: Path
+) -> None:
+    """The session's Asterisk has no systemname: its ids can collide with another's."""
+    proxy = ProxyProcess(
+        asterisk,
+        tmp_path / "proxy.log",
+        "--upstream",
+        servers["a"].base,
+        "--broadcast-app",
+        "idcast",
+    )
+    try:
+        await proxy.wait_log("has no systemname")
+        line = next(line for line in proxy.log().splitlines() if "has no systemname" in line)
+        assert asterisk.base.split("//")[1] in line
+        assert servers["a"].base.split("//")[1] not in line
+    finally:
+        proxy.stop()
+
+
 async def test_calls_on_every_server_are_offered_and_handed_over_there(
-    two: ProxyProcess, unloaded: None, direct: dict[str, Ari]
+    two: ProxyProcess, unloaded: None, direct: dict[str, Ari], servers: dict[str, Asterisk]
 ) -> None:
     app = f"fleet-{token()}"
-    proxied = Ari(two.base)
-    try:
-        async with events(two.base, app) as client:
-            await asyncio.sleep(0.1)
-            for name in ("a", "b"):
-                target = Target(name, two.base, "conformance-proxy", direct[name], proxied)
-                offered = len(client.of_type("CallBroadcast"))
-                call = await place_call(target, f"10000,^{app}$")
-                await client.wait_for(lambda e, n=offered: len(client.of_type("CallBroadcast")) > n)
-                channel_id = client.of_type("CallBroadcast")[-1]["channel"]["id"]
-                assert (await claim(proxied, channel_id, app))["status"] == 204
-                start = await client.wait_for(
-                    lambda e, c=channel_id: e["type"] == "StasisStart" and e["channel"]["id"] == c
-                )
-                assert start["asterisk_id"] == await entity_id(direct[name])
-                await proxied.http.post(f"channels/{channel_id}/continue")
-                assert (await result(target, call))[0] == "SUCCESS"
-    finally:
-        await proxied.aclose()
+    async with events(two.base, app) as client:
+        await asyncio.sleep(0.1)
+        for name in ("a", "b"):
+            start = await broadcast_and_claim(client, two.base, app, direct[name], f"^{app}$")
+            assert start["channel"]["id"].startswith(servers[name].name)
+            assert start["asterisk_id"] == await entity_id(direct[name])
 
 
 async def test_node_ari_client_takes_calls_from_every_server(
@@ -294,39 +370,22 @@ async def test_replicas_share_the_fleet(
             }
             await asyncio.sleep(0.3)  # each replica announces its applications
 
-            async def broadcast_and_claim(name: str, through: Replica) -> None:
-                app = f"{prefix}-{through.replica_id}"
-                client = clients[through.replica_id]
-                offered = len(client.of_type("CallBroadcast"))
-                target = Target(
-                    name,
-                    through.base,
-                    "conformance-proxy",
-                    direct[name],
-                    Ari(through.base),
-                    {"__ARI_BROADCAST_APP": "fleetcast"},
-                )
-                call = await place_call(target, f"10000,^{prefix}-")
-                await client.wait_for(lambda e: len(client.of_type("CallBroadcast")) > offered)
-                channel_id = client.of_type("CallBroadcast")[-1]["channel"]["id"]
-                assert channel_id.startswith(servers[name].name)
-                assert (await claim(target.apps_ari, channel_id, app))["status"] == 204
-                await client.wait_for(
-                    lambda e: e["type"] == "StasisStart" and e["channel"]["id"] == channel_id
-                )
-                await target.apps_ari.http.post(f"channels/{channel_id}/continue")
-                assert (await result(target, call))[0] == "SUCCESS"
-                await target.apps_ari.aclose()
+            async def through(replica: Replica, name: str) -> None:
+                app = f"{prefix}-{replica.replica_id}"
+                client = clients[replica.replica_id]
+                args = (client, replica.base, app, direct[name], f"^{prefix}-", "fleetcast")
+                start = await broadcast_and_claim(*args)
+                assert start["channel"]["id"].startswith(servers[name].name)
 
             for name in ("a", "b"):
-                for through in replicas:
-                    await broadcast_and_claim(name, through)
+                for replica in replicas:
+                    await through(replica, name)
             leader.kill9()
             survivor = next(r for r in replicas if r is not leader)
             _, took = await wait_leader([survivor])
             print(f"fleet takeover after kill -9: {took:.2f} s")
             for name in ("a", "b"):
-                await broadcast_and_claim(name, survivor)
+                await through(survivor, name)
     finally:
         for replica in replicas:
             replica.stop()
@@ -357,9 +416,9 @@ async def test_conformance_through_two_servers(
 async def test_three_servers_merge_and_one_going_away(
     servers: dict[str, Asterisk], direct: dict[str, Ari], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
-    """Three servers behind one proxy: merged lists; one server stopped in the middle: the
-    others go on, its resources get a clear error, the client's socket stays open, and the
-    application is registered there again when it is back."""
+    """Three servers behind one proxy: merged lists; one server killed in the middle of a
+    run of broadcast calls: the others go on, its resources get a clear error, the client's
+    socket stays open, and the application is registered there again when it is back."""
     names = ("native", "a", "b")
     proxy = ProxyProcess(
         servers["native"],
@@ -381,20 +440,32 @@ async def test_three_servers_merge_and_one_going_away(
             }
             listed = {c["id"] for c in (await proxied.http.get("channels")).json()}
             assert set(on.values()) <= listed
+            for name in names:
+                await broadcast_and_claim(
+                    client, proxy.base, app, direct[name], f"^{app}$", "broadcast3"
+                )
             # b goes away
             gone = servers["b"]
+            gone_name = gone.base.split("//")[1]
             os.kill(gone.pid, signal.SIGKILL)
             await proxy.wait_log("went away")
+
+            async def b_down() -> bool:
+                async with httpx.AsyncClient() as plain:
+                    ready = await plain.get(f"{proxy.base}/readyz")
+                return ready.status_code == 200 and ready.json()["servers"][gone_name] is False
+
+            await until(b_down, "the proxy sees b down while ready (others are up)")
+            for name in ("native", "a", "native", "a"):
+                await broadcast_and_claim(
+                    client, proxy.base, app, direct[name], f"^{app}$", "broadcast3"
+                )
             assert (await proxied.http.get(f"channels/{on['a']}")).status_code == 200
             unreachable = await proxied.http.get(f"channels/{on['b']}")
             assert unreachable.status_code == 502, unreachable.text
-            assert gone.base.split("//")[1] in unreachable.json()["message"]
+            assert gone_name in unreachable.json()["message"]
             listed = {c["id"] for c in (await proxied.http.get("channels")).json()}
             assert on["a"] in listed and on["native"] in listed
-            async with httpx.AsyncClient() as plain:
-                ready = await plain.get(f"{proxy.base}/readyz")
-            assert ready.status_code == 200, ready.text  # while one server at least is
-            assert ready.json()["servers"][gone.base.split("//")[1]] is False
             # back: the application is registered there again, and its events come
             await asyncio.to_thread(stop_asterisk, gone)
             back = await asyncio.to_thread(
@@ -403,12 +474,23 @@ async def test_three_servers_merge_and_one_going_away(
             servers["b"] = back
             await proxy.wait_log("is back")
             again = Ari(back.base)
-            made = await again.originate("Local/s@tests-echo", app=app)
-            await client.wait_for(
-                lambda e: e["type"] == "StasisStart" and e["channel"]["id"] == made["id"]
-            )
-            await again.hangup_all()
-            await again.aclose()
+            try:
+                await again.set_native_modules(False)  # behind the proxies, as before
+                made = await again.originate("Local/s@tests-echo", app=app)
+                await client.wait_for(
+                    lambda e: e["type"] == "StasisStart" and e["channel"]["id"] == made["id"]
+                )
+                await again.hangup_all()
+
+                async def b_up() -> bool:
+                    async with httpx.AsyncClient() as plain:
+                        ready = await plain.get(f"{proxy.base}/readyz")
+                    return ready.json()["servers"][gone_name] is True
+
+                await until(b_up, "the broadcast application registered on b again")
+                await broadcast_and_claim(client, proxy.base, app, again, f"^{app}$", "broadcast3")
+            finally:
+                await again.aclose()
     finally:
         await proxied.aclose()
         proxy.stop()
