@@ -98,12 +98,17 @@ class Supervisor:
                 socket = await self._open(url, headers, timeout=self._config.upstream_timeout)
             except HandshakeRefused as refused:
                 log.error(
-                    "Asterisk refused the broadcast application socket: %d %s; retrying",
+                    "Asterisk %s refused the broadcast application socket: %d %s; retrying",
+                    self.server,
                     refused.status,
                     refused.body[:200].decode(errors="replace"),
                 )
             except ProxyError as exc:
-                log.warning("broadcast application not connected: %s; retrying", exc.message)
+                log.warning(
+                    "broadcast application not connected on %s: %s; retrying",
+                    self.server,
+                    exc.message,
+                )
             else:
                 delays = backoff()
                 await self._serve(socket)
@@ -127,7 +132,11 @@ class Supervisor:
     async def _serve(self, socket: EventsSocketLike) -> None:
         self.calls = RestOverWebSocket(socket, self._config.upstream_timeout)
         self._socket = socket
-        log.info("broadcast application %r registered on Asterisk", self._config.broadcast_app)
+        log.info(
+            "broadcast application %r registered on Asterisk %s",
+            self._config.broadcast_app,
+            self.server,
+        )
         # Before the first event is handled: a filter set on Asterisk would drop calls.
         await self._enforce_ownership()
         self._ready.set()
@@ -148,7 +157,11 @@ class Supervisor:
             self.calls.close()
             socket.close()
             await socket.wait_closed(CLOSE_TIMEOUT)
-        log.warning("broadcast application socket closed (%s); reconnecting", socket.close_code)
+        log.warning(
+            "broadcast application socket to %s closed (%s); reconnecting",
+            self.server,
+            socket.close_code,
+        )
 
     def _on_text(self, text: str) -> None:
         event = self._parse(text)
