@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 PIN_HEADER = b"x-asterisk-server"
 _JSON = [(b"content-type", b"application/json")]
 
+
 class FleetRest:
     def __init__(self, servers: Sequence[UpstreamRest], locator: Locator) -> None:
         self.servers = {s.upstream.name: s for s in servers}
