@@ -8,7 +8,9 @@
 Sections: latency (broadcast and claim latency with 1/10/50 applications), throughput,
 passthrough (REST cost), relay (events/s), memory (proxy RSS after 1k and 10k calls),
 replicas (1, 2 and 3 replicas sharing a redis-server against one proxy without Redis:
-throughput, claim latency, Redis operations per call; 1.5-3 minutes, quick under 40 s).
+throughput, claim latency, Redis operations per call; 1.5-3 minutes, quick under 40 s),
+fleet (the proxy over three Asterisk servers, two more sandbox instances started for it:
+routing cost per REST call with 1 and 3 servers, events relayed from 3 servers' floods).
 """
 
 from __future__ import annotations
@@ -29,12 +31,12 @@ from typing import Any
 
 import psutil
 
-from . import replicas, report, sections
+from . import fleet, replicas, report, sections
 from .stack import ROOT, Admin, AsteriskInstance, ProxyInstance
 from .workers import WorkerHandle
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("latency", "throughput", "passthrough", "relay", "memory", "replicas")
+SECTIONS = ("latency", "throughput", "passthrough", "relay", "memory", "replicas", "fleet")
 ALIASES = {
     "broadcast": "latency",
     "claim": "latency",
@@ -42,6 +44,8 @@ ALIASES = {
     "events": "relay",
     "cluster": "replicas",
     "redis": "replicas",
+    "servers": "fleet",
+    "upstreams": "fleet",
 }
 RUNNERS = {
     "latency": sections.latency,
@@ -50,6 +54,7 @@ RUNNERS = {
     "relay": sections.relay,
     "memory": sections.memory,
     "replicas": replicas.replicas,
+    "fleet": fleet.fleet,
 }
 # Applications are spread over this many processes (app i in process i mod 5): two racing
 # applications per event loop and connection pool, so a claim rarely waits behind another
@@ -75,6 +80,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "warmup": 5,
             "idle_seconds": 2,
         },
+        "fleet": {"n": 1000, "warmup": 50, "iterations": 10000, "loops": 2, "rounds": 2},
     },
     "quick": {
         "latency": {"app_counts": (1, 10, 50), "calls": 20, "rate": 20, "warmup": 2},
@@ -91,6 +97,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "warmup": 3,
             "idle_seconds": 1,
         },
+        "fleet": {"n": 200, "warmup": 20, "iterations": 3000, "loops": 1, "rounds": 1},
     },
 }
 

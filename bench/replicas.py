@@ -43,7 +43,7 @@ import redis.asyncio as aioredis
 from tests.redis_server import RedisServer
 
 from . import sections
-from .sections import Context, ladder, run_calls
+from .sections import Context, ladder, poll_until, ratio, run_calls
 from .stack import ProxyInstance, _die_with_parent, cpu_seconds
 
 # The periods of the replicas' own loops (ari_broadcast_proxy/cluster: the leader renews its
@@ -152,18 +152,6 @@ async def _sum(ctx: Context, setup: Setup, name: str) -> float:
     return sum(v.get(name, 0.0) for v in values)
 
 
-async def _wait(what: str, check: Any, cap: float, every: float = 0.05) -> float:
-    """Poll `check()` (async, truthy when done) every `every` s, at most `cap` s; the seconds
-    it took."""
-    started = time.monotonic()
-    while True:
-        if await check():
-            return time.monotonic() - started
-        if time.monotonic() - started >= cap:
-            raise RuntimeError(f"{what}: not after {cap:g} s")
-        await asyncio.sleep(every)
-
-
 async def _wait_cluster(ctx: Context, setup: Setup, cap: float = 30) -> float:
     """Until every replica answers /readyz 200 and exactly one leads."""
 
@@ -181,7 +169,7 @@ async def _wait_cluster(ctx: Context, setup: Setup, cap: float = 30) -> float:
         except httpx.HTTPError:
             return False
 
-    return await _wait(f"{setup.label}: ready with one leader", check, cap)
+    return await poll_until(f"{setup.label}: ready with one leader", check, cap)
 
 
 async def _wait_apps(
@@ -212,7 +200,7 @@ async def _wait_apps(
             announced |= {str(m) for m in await store.smembers(key)}
         return want <= announced
 
-    await _wait(f"{setup.label}: applications registered", check, cap)
+    await poll_until(f"{setup.label}: applications registered", check, cap)
 
 
 async def _quiet(ctx: Context, setup: Setup, cap: float = 10) -> None:
@@ -222,7 +210,7 @@ async def _quiet(ctx: Context, setup: Setup, cap: float = 10) -> None:
         return await _sum(ctx, setup, IN_FLIGHT) == 0
 
     with contextlib.suppress(RuntimeError):  # a straggler is visible in the figures anyway
-        await _wait(f"{setup.label}: no broadcast in flight", check, cap)
+        await poll_until(f"{setup.label}: no broadcast in flight", check, cap)
 
 
 async def _commandstats(store: aioredis.Redis | None) -> dict[str, int]:
@@ -463,12 +451,6 @@ async def replicas(
     return {"apps": apps, "settings": params, "setups": setups, "summary": summarize(setups)}
 
 
-def _ratio(value: float | None, base: float | None) -> float | None:
-    if value is None or not base:
-        return None
-    return round(value / base, 3)
-
-
 def summarize(setups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One line per setup, ratios against the baseline (the first, no Redis)."""
     rows = []
@@ -499,15 +481,15 @@ def summarize(setups: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if base is not None:
             b = base["latency"]
             row["ratio"] = {
-                "calls_per_s": _ratio(best, _best(base)),
-                "kept_up_to": _ratio(kept, _kept_up(base)),
-                "claim_answer_p50": _ratio(
+                "calls_per_s": ratio(best, _best(base)),
+                "kept_up_to": ratio(kept, _kept_up(base)),
+                "claim_answer_p50": ratio(
                     lat["claim_answer_ms"]["p50"], b["claim_answer_ms"]["p50"]
                 ),
-                "claim_answer_p95": _ratio(
+                "claim_answer_p95": ratio(
                     lat["claim_answer_ms"]["p95"], b["claim_answer_ms"]["p95"]
                 ),
-                "broadcast_p50": _ratio(lat["broadcast_ms"]["p50"], b["broadcast_ms"]["p50"]),
+                "broadcast_p50": ratio(lat["broadcast_ms"]["p50"], b["broadcast_ms"]["p50"]),
             }
         rows.append(row)
     return rows

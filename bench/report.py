@@ -258,6 +258,9 @@ def render(data: dict[str, Any]) -> str:
     if "replicas" in results:
         lines += _replicas(results["replicas"])
 
+    if "fleet" in results:
+        lines += _fleet(results["fleet"])
+
     if verdicts:
         lines += ["### Targets", ""]
         for name, ok, detail in verdicts:
@@ -386,6 +389,122 @@ def _replicas(r: dict[str, Any]) -> list[str]:
                 "with load; scripts/call (Redis's own count) does not depend on it."
             )
     lines.append("")
+    return lines
+
+
+def _both(d: dict[str, Any], digits: int = 3) -> str:
+    """A fleet row's figure for the 1-server and the 3-server proxy."""
+    return f"{_f(d.get('1'), digits)} / {_f(d.get('3'), digits)}"
+
+
+def _fleet(f: dict[str, Any]) -> list[str]:
+    """Section 7: the proxy over three Asterisk servers."""
+    servers = f.get("servers", 3)
+    lines = [
+        f"### 7. Several Asterisk servers ({servers} sandbox instances, one proxy)",
+        "",
+        f"A second proxy with `--upstream` for all {servers} servers (the benchmark's own first)"
+        ", against the same",
+        "requests straight to Asterisk and through the benchmark's one-server proxy. One "
+        "channel held on every server;",
+        "sequential GETs, one per target per round, interleaved (order alternating every round)"
+        "; ms. Added: proxied",
+        "minus direct (paired: per round). Proxy CPU: its own CPU over the run per 1000 of its "
+        "requests.",
+        "",
+    ]
+    routing = f.get("routing")
+    if routing:
+        lines += [
+            "| request | n | direct p50 / p99 | 1 server p50 / p99 | 3 servers p50 / p99 | "
+            "added p50 1 / 3 | paired added p50 1 / 3 | added p99 1 / 3 | proxy CPU ms per "
+            "1000 req 1 / 3 |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in routing["rows"]:
+            if "error" in row:
+                lines.append(f"| GET /ari/{row['request']} | FAILED: {row['error']} |||||||| ")
+                continue
+            m = row["ms"]
+            lines.append(
+                f"| GET /ari/{row['request']} | {m['direct']['n']} | "
+                f"{_pair(m['direct'], 'p50', 'p99', 3)} | "
+                f"{_pair(m.get('proxy_1'), 'p50', 'p99', 3)} | "
+                f"{_pair(m['proxy_3'], 'p50', 'p99', 3)} | {_both(row['added_p50_ms'])} | "
+                f"{_both(row['paired_added_p50_ms'])} | {_both(row['added_p99_ms'])} | "
+                f"{_both(row['proxy_cpu_ms_per_1000'], 0)} |"
+            )
+        first = routing.get("first_lookup") or {}
+        if first:
+            lines += [
+                "",
+                "First request for a held channel through the 3-server proxy, before any "
+                "warm-up (one httpx GET, then a second): "
+                + "; ".join(
+                    f"{k}: {_f(v['first_ms'])} ms ({v['first_status']}), then "
+                    f"{_f(v['second_ms'])} ms"
+                    for k, v in first.items()
+                )
+                + ".",
+            ]
+        lines.append("")
+    relay = f.get("relay")
+    if relay:
+        eps = relay["events_per_s"]
+        lines += [
+            f"Events relayed on one subscribeAll socket: [bench-events] x {relay['loops']} "
+            f"loop(s) of {relay['iterations']} UserEvent() on each",
+            "flooding server; events received / seconds from the first frame to the last "
+            "flood's end event.",
+            "",
+            "| socket | servers flooding | events/s | events per run | end events per run | "
+            "floods over on Asterisk after (s) | Asterisk closed the proxy's socket |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for target, label in (
+            ("direct", "direct to Asterisk"),
+            ("fleet", f"through the proxy over {servers} servers"),
+            ("fleet_split", f"the same, a third of the iterations on each of the {servers}"),
+        ):
+            runs = relay["runs"].get(target)
+            if not runs:
+                continue
+            ends = ", ".join(f"{x['ends']}/{x['expected_ends']}" for x in runs)
+            lines.append(
+                f"| {label} | {runs[0]['servers'] if runs else '-'} | {_f(eps[target])} | "
+                f"{', '.join(str(x['events']) for x in runs)} | "
+                f"{ends} | {'; '.join(str(x.get('flood_s')) for x in runs)} | "
+                + (
+                    "; ".join(str(x.get("upstream_drops")) for x in runs)
+                    if target != "direct"
+                    else "-"
+                )
+                + " |"
+            )
+        share = relay.get("fleet_delivered_share") or {}
+        lines += [
+            "",
+            f"Ratio to direct: {_x(relay['ratio'])} (full floods), "
+            f"{_x(relay.get('ratio_split'))} (a third each). Events the 3-server socket "
+            f"received / what the floods send (from the direct runs' count): "
+            f"{_pct(share.get('fleet'))}, {_pct(share.get('fleet_split'))}. A run whose end",
+            "events did not all arrive counts the events up to the last end that did.",
+        ]
+        for target, runs in relay["runs"].items():
+            for x in runs:
+                if not x.get("complete", True) or any(x.get("channels_left", [])):
+                    lines.append(
+                        f"- {target}: {x['error'] or 'ok'}; flood channels left per server "
+                        f"{x.get('channels_left')}; probe {x.get('probe', '-')}"
+                    )
+        lines.append("")
+    plog = f.get("proxy_log")
+    if plog and (plog["warnings"] or plog["errors"]):
+        lines += [
+            f"3-server proxy log: {plog['warnings']} warning(s), {plog['errors']} error(s)"
+            + (f"; first: {plog['first_warnings'][0]}" if plog["first_warnings"] else ""),
+            "",
+        ]
     return lines
 
 

@@ -50,6 +50,34 @@ def ms(values: list[float]) -> dict[str, float | int | None]:
     return out
 
 
+def ratio(value: float | None, base: float | None) -> float | None:
+    """value / base to 3 places (None without both)."""
+    if value is None or not base:
+        return None
+    return round(value / base, 3)
+
+
+def mean_rates(runs: dict[str, list[dict[str, Any]]]) -> dict[str, int | None]:
+    """Each target's mean `rate` over its runs (None when no run had one)."""
+    summary: dict[str, int | None] = {}
+    for target, results in runs.items():
+        rates = [r["rate"] for r in results if r["rate"]]
+        summary[target] = round(sum(rates) / len(rates)) if rates else None
+    return summary
+
+
+async def poll_until(what: str, check: Any, cap: float, every: float = 0.05) -> float:
+    """Poll `check()` (async, truthy when done) every `every` s, at most `cap` s; the seconds
+    it took."""
+    started = time.monotonic()
+    while True:
+        if await check():
+            return time.monotonic() - started
+        if time.monotonic() - started >= cap:
+            raise RuntimeError(f"{what}: not after {cap:g} s")
+        await asyncio.sleep(every)
+
+
 @dataclass
 class Context:
     asterisk: AsteriskInstance
@@ -617,21 +645,13 @@ async def relay(ctx: Context, iterations: int, loops: int, rounds: int) -> dict[
                 f"  relay {target}: {result['events']} events in {seconds} s = "
                 f"{result['rate']}/s {problem}"
             )
-    summary = {}
-    for target, results in runs.items():
-        rates = [r["rate"] for r in results if r["rate"]]
-        summary[target] = round(sum(rates) / len(rates)) if rates else None
-    ratio = (
-        round(summary["proxied"] / summary["direct"], 3)
-        if summary["direct"] and summary["proxied"]
-        else None
-    )
+    summary = mean_rates(runs)
     return {
         "iterations": iterations,
         "loops": loops,
         "runs": runs,
         "events_per_s": summary,
-        "ratio": ratio,
+        "ratio": ratio(summary["proxied"], summary["direct"]),
     }
 
 

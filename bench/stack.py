@@ -51,7 +51,9 @@ class AsteriskInstance:
             return int(path.read_text().strip())
         return None
 
-    def up(self) -> None:
+    def up(self, systemname: str | None = None) -> None:
+        """Start the instance; `systemname`: its asterisk.conf systemname (channel ids
+        `systemname-epoch.seq`) and an entityid derived from it."""
         status = subprocess.run(
             [str(SANDBOX), "status", "--name", self.name],
             capture_output=True,
@@ -75,6 +77,7 @@ class AsteriskInstance:
                 str(self.port),
                 "--overlay",
                 str(OVERLAY),
+                *(["--systemname", systemname] if systemname else []),
             ],
             check=True,
             timeout=300,
