@@ -134,6 +134,8 @@ class BroadcastController:
     async def follow(self) -> None:
         """Let the broadcast application's sockets go (another replica leads)."""
         runners, self._runners = self._runners, []
+        for supervisor in self.supervisors:
+            supervisor.stop()
         for runner in runners:
             runner.cancel()
         await asyncio.gather(*runners, return_exceptions=True)

@@ -74,6 +74,7 @@ class Supervisor:
         self._while_connected = while_connected  # recovery, from before the first event
         self._socket: EventsSocketLike | None = None
         self._replaced = False  # another socket registered the broadcast application
+        self._stopped = False
         self._ready = asyncio.Event()
         self.calls = RestOverWebSocket(None, config.upstream_timeout)  # replaced per connection
 
@@ -86,12 +87,21 @@ class Supervisor:
         """The Asterisk server this socket is to (host:port)."""
         return self._guard.upstream.name
 
+    def stop(self) -> None:
+        """`run` ends at its next step: a cancellation alone can be lost on Python 3.11
+        (`asyncio.wait_for` drops one that lands as its awaitable finishes), and a replica
+        that lets the broadcast application go must not keep its socket."""
+        self._stopped = True
+        if self._socket is not None:
+            self._socket.close()
+
     async def run(self) -> None:
         upstream = self._guard.upstream
         url = f"{upstream.ws}/events?app={self._config.broadcast_app}"
         headers = {"authorization": upstream.authorization}
         delays = backoff()
-        while True:
+        self._stopped = False
+        while not self._stopped:
             if self._replaced:
                 await self._wait_released()
             try:
@@ -110,9 +120,13 @@ class Supervisor:
                     exc.message,
                 )
             else:
+                if self._stopped:  # stopped while it was opening
+                    socket.close()
+                    return
                 delays = backoff()
                 await self._serve(socket)
-            await self._clock.sleep(next(delays))
+            if not self._stopped:
+                await self._clock.sleep(next(delays))
 
     async def _wait_released(self) -> None:
         """After ApplicationReplaced: wait (backoff) until the other client lets the

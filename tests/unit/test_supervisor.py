@@ -131,3 +131,17 @@ async def test_application_replaced_makes_it_unready_until_taken_back() -> None:
     assert harness.guard.registered_answers == []  # polled until it was let go
     assert len(harness.sockets) == 2 and harness.supervisor.ready
     task.cancel()
+
+
+async def test_stop_ends_the_run_without_a_cancellation() -> None:
+    """A replica letting the broadcast application go: `stop` closes the socket and `run`
+    returns even if the task's cancellation were lost (Python 3.11's wait_for)."""
+    harness = Harness()
+    task = asyncio.create_task(harness.supervisor.run())
+    await settle()
+    assert harness.supervisor.ready
+    harness.supervisor.stop()
+    await settle()
+    assert task.done() and task.exception() is None
+    assert harness.sockets[0].close_code is not None and not harness.supervisor.ready
+    assert len(harness.sockets) == 1  # not reconnected
