@@ -163,6 +163,8 @@ class Proxy:
         if self.replica is not None:
             body["replica"] = self.replica.name
             body["leader"] = self.replica.leading
+            # What offers reach: the applications of every live replica, as this one knows.
+            body["cluster_applications"] = len(self.replica.audience.apps())
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics_endpoint(self, _request: Request) -> Response:

@@ -39,6 +39,7 @@ from ..replicas import Replica, wait_leader
 from .scenarios import Target, claim, place_call, result
 from .test_clients import asyncari_leftovers, broadcast_call, next_event, node_app  # noqa: F401
 from .test_conformance import EXPECTED, SCENARIOS, _diff
+from .test_replicas import every_replica_knows
 
 pytestmark = [  # as tests/integration/test_clients.py, for asyncari
     pytest.mark.filterwarnings("ignore:The 'warn' method is deprecated:DeprecationWarning"),
@@ -129,13 +130,23 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, cap: float = 15
         raise AssertionError(f"not within {cap} s: {what}") from None
 
 
+async def registered(app: str, *servers: Ari) -> None:
+    """Until `app` is registered on each server (the proxy registers it on every one)."""
+
+    async def everywhere() -> bool:
+        answers = [await s.http.get(f"applications/{app}") for s in servers]
+        return all(a.status_code == 200 for a in answers)
+
+    await until(everywhere, f"{app} registered on {len(servers)} servers")
+
+
 async def test_one_socket_hears_every_server(
     two: ProxyProcess, direct: dict[str, Ari], servers: dict[str, Asterisk]
 ) -> None:
     """Each server's events, in that server's order, with its own asterisk_id."""
     app = f"fleet-{token()}"
     async with events(two.base, app) as client:
-        await asyncio.sleep(0.1)  # registration is asynchronous on Asterisk's side
+        await registered(app, direct["a"], direct["b"])
         made = {}
         for name in ("a", "b"):
             made[name] = await direct[name].originate("Local/s@tests-echo", app=app)
@@ -154,7 +165,7 @@ async def test_rest_reaches_the_holder_and_lists_are_merged(
     try:
         app = f"fleet-{token()}"
         async with events(two.base, app):
-            await asyncio.sleep(0.1)
+            await registered(app, direct["a"], direct["b"])
             on = {n: (await direct[n].originate("Local/s@tests-echo", app=app))["id"] for n in "ab"}
             listed = {c["id"] for c in (await proxied.http.get("channels")).json()}
             assert set(on.values()) <= listed
@@ -259,7 +270,7 @@ async def test_calls_on_every_server_are_offered_and_handed_over_there(
 ) -> None:
     app = f"fleet-{token()}"
     async with events(two.base, app) as client:
-        await asyncio.sleep(0.1)
+        await registered(app, direct["a"], direct["b"])
         for name in ("a", "b"):
             start = await broadcast_and_claim(client, two.base, app, direct[name], f"^{app}$")
             assert start["channel"]["id"].startswith(servers[name].name)
@@ -368,7 +379,7 @@ async def test_replicas_share_the_fleet(
                 )
                 for r in replicas
             }
-            await asyncio.sleep(0.3)  # each replica announces its applications
+            await every_replica_knows(replicas, len(replicas))
 
             async def through(replica: Replica, name: str) -> None:
                 app = f"{prefix}-{replica.replica_id}"
@@ -434,7 +445,7 @@ async def test_three_servers_merge_and_one_going_away(
     app = f"fleet-{token()}"
     try:
         async with events(proxy.base, app) as client:
-            await asyncio.sleep(0.1)
+            await registered(app, *direct.values())
             on = {
                 n: (await direct[n].originate("Local/s@tests-echo", app=app))["id"] for n in names
             }

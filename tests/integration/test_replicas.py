@@ -210,10 +210,26 @@ async def racing(replicas: Sequence[Replica], ari: Ari, apps: int = 6) -> Iterat
         async with asyncio.timeout(10):
             for member in members:
                 await member.connected.wait()
-        await asyncio.sleep(0.3)  # every replica has announced its applications
+        await every_replica_knows(replicas, apps)
         yield run
     finally:
         await run.aclose()
+
+
+async def every_replica_knows(replicas: Sequence[Replica], apps: int, cap: float = 15) -> None:
+    """Until each running replica's /readyz counts `apps` applications cluster-wide (the
+    offers' audience: each replica's own, and what the others announced)."""
+    async with httpx.AsyncClient(timeout=2) as http:
+        try:
+            async with asyncio.timeout(cap):
+                for replica in (r for r in replicas if r.alive() and not r.paused):
+                    url = f"{replica.base}/readyz"
+                    known = 0
+                    while known < apps:  # polled: announcements show on request only
+                        known = (await http.get(url)).json().get("cluster_applications", 0)
+                        await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise AssertionError(f"not every replica knew {apps} applications in {cap} s") from None
 
 
 async def parked(ari: Ari) -> list[str]:
