@@ -33,6 +33,7 @@ from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .passthrough import Passthrough
 from .registry import AppRegistry
 from .sessions import SessionManager, one_server
+from .subscribe_all import DeviceStatesRelease
 from .upstream.rest import AriRest, UpstreamRest
 
 if TYPE_CHECKING:
@@ -93,6 +94,7 @@ class Proxy:
             BroadcastHooks(self.controller, self.gate, self.registry),
             config.broadcast_app,
             on_overflow=self.metrics.slow_consumers.inc,
+            before_close=DeviceStatesRelease(self.rest, self.registry),
         )
         self.passthrough = Passthrough(
             self.rest, self.gate, f"{config.listen_host}:{config.listen_port}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 from urllib.parse import parse_qsl
 
@@ -84,8 +84,10 @@ class EventSession:
         interceptor: Interceptor,
         on_overflow: Callable[[], None] = lambda: None,
         order: UpstreamOrder | None = None,
+        before_close: Callable[[EventSession], Awaitable[None]] | None = None,
     ) -> None:
         self.websocket = websocket
+        self._before_close = before_close  # with the upstream socket still open
         self._on_overflow = on_overflow
         self.upstream = upstream
         self.apps = apps
@@ -177,6 +179,8 @@ class EventSession:
             await asyncio.gather(*tasks, return_exceptions=True)
             code, reason = self._closing or (1000, "")
             async with self._take_close_step():
+                if self._before_close is not None and self.upstream.close_code is None:
+                    await self._before_close(self)
                 self.upstream.close()
                 with contextlib.suppress(Exception):
                     await self.upstream.wait_closed(CLOSE_TIMEOUT)

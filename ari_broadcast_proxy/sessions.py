@@ -65,7 +65,9 @@ class SessionManager:
         interceptor: Interceptor,
         reserved_app: str,
         on_overflow: Callable[[], None] = lambda: None,
+        before_close: Callable[[EventSession], Awaitable[None]] | None = None,
     ) -> None:
+        self._before_close = before_close
         self._on_overflow = on_overflow
         self._open_upstream = open_upstream
         self._queue_size = queue_size
@@ -138,6 +140,7 @@ class SessionManager:
                 self._interceptor,
                 self._on_overflow,
                 self._order,
+                self._before_close,
             )
             try:
                 await websocket.accept(subprotocol=upstream.subprotocol)
