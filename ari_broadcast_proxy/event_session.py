@@ -179,9 +179,11 @@ class EventSession:
             await asyncio.gather(*tasks, return_exceptions=True)
             code, reason = self._closing or (1000, "")
             async with self._take_close_step():
-                if self._before_close is not None and self.upstream.close_code is None:
-                    await self._before_close(self)
-                self.upstream.close()
+                try:
+                    if self._before_close is not None and self.upstream.close_code is None:
+                        await self._before_close(self)
+                finally:  # cancelled meanwhile (shutdown): the socket closes all the same
+                    self.upstream.close()
                 with contextlib.suppress(Exception):
                     await self.upstream.wait_closed(CLOSE_TIMEOUT)
             with contextlib.suppress(Exception):
