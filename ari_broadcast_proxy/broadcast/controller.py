@@ -82,7 +82,7 @@ class BroadcastController:
                 metrics,
                 self._clock,
                 functools.partial(self._server_event, guard.upstream.name),
-                self._while_connected,
+                functools.partial(self._while_connected, guard),
             )
             for guard in guards
         ]
@@ -90,7 +90,6 @@ class BroadcastController:
             self.core,
             self.executor,
             gateway,
-            config.broadcast_app,
             metrics,
             self._clock,
             lambda: self.connected,
@@ -155,13 +154,14 @@ class BroadcastController:
         self.executor.execute(drained)
         await self.executor.stop(timeout)
 
-    async def _while_connected(self) -> None:
-        """On each broadcast socket: a replica's first one makes the calls its own."""
+    async def _while_connected(self, guard: AppGuard) -> None:
+        """On each server's broadcast socket: recovery and sweeps of that server's calls;
+        a replica's first socket makes the recorded calls its own."""
         try:
             if self._replica is not None and not self._holding:
                 self._holding = True
                 await self._replica.taken_over()
-            await self.recovery.run()
+            await self.recovery.run(guard.parked)
         finally:
             # Cancelled as its socket closed: once none is left, the next one takes over.
             if not self.connected:

@@ -40,6 +40,15 @@ class AppGuard:
         """The server this guard keeps the application on."""
         return self._rest.upstream
 
+    async def parked(self) -> list[str]:
+        """The channels in the application on this server (ProxyError if it cannot say)."""
+        response = await self._rest.call("GET", self._path)
+        if response.status_code == 404:
+            return []
+        if response.status_code != 200:
+            raise ProxyError(f"GET {self._path} -> {response.status_code}", 502)
+        return list(response.json().get("channel_ids", []))
+
     async def registered(self) -> bool:
         """Whether any socket holds the application on Asterisk right now."""
         response = await self._rest.call("GET", self._path)

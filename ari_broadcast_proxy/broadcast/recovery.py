@@ -1,7 +1,10 @@
 """Channels the proxy lost track of: recovery after (re)connecting, and the periodic sweep.
 
-After the broadcast application registers, channels already parked in it that the core does
-not know (the proxy restarted, or its socket dropped) go back to the dialplan (TIMEOUT).
+After the broadcast application registers on a server, channels already parked in it there
+that the core does not know (the proxy restarted, or its socket dropped) go back to the
+dialplan (TIMEOUT). Each server's socket recovers and sweeps its own server (`parked` lists
+that server's broadcast application): a call on another server whose StasisStart is on its
+way is none of its business.
 Every SWEEP_INTERVAL while connected: claimed broadcasts whose channel no longer exists are
 fed to the core as gone (the winner's socket was gone, so its StasisEnd was never seen), and
 channels left parked are sent back as the core's SweepRule says (a return that failed every
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ..errors import ProxyError
 from ..metrics import Metrics
@@ -21,7 +24,9 @@ from .core import SWEEP_INTERVAL, BroadcastCore, SweepRule, Verdict
 from .executor import Executor, Offer, log_channel
 from .handover import ChannelGateway
 
-__all__ = ["Recovery"]
+__all__ = ["Parked", "Recovery"]
+
+Parked = Callable[[], Awaitable[list[str]]]  # the channels in one server's broadcast app
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +37,6 @@ class Recovery:
         core: BroadcastCore[Offer],
         executor: Executor,
         gateway: ChannelGateway,
-        broadcast_app: str,
         metrics: Metrics,
         clock: Clock,
         ready: Callable[[], bool],
@@ -40,7 +44,6 @@ class Recovery:
         self._core = core
         self._executor = executor
         self._gateway = gateway
-        self._app = broadcast_app
         self._metrics = metrics
         self._clock = clock
         self._ready = ready  # False once another client took the broadcast application
@@ -49,23 +52,23 @@ class Recovery:
         self.adopt: Callable[[str], None] | None = None
         self.busy: Callable[[], set[str]] = set
 
-    async def run(self) -> None:
-        """While the broadcast application is connected: recover, then sweep."""
-        await self.recover()
+    async def run(self, parked: Parked) -> None:
+        """While the broadcast application is connected to a server: recover, then sweep."""
+        await self.recover(parked)
         rule = SweepRule()
         while True:
             await self._clock.sleep(SWEEP_INTERVAL)
-            await self.sweep(rule)
+            await self.sweep(rule, parked)
 
-    async def recover(self) -> None:
+    async def recover(self, parked: Parked) -> None:
         try:
-            self._return_orphans(await self._orphans())
+            self._return_orphans(await self._orphans(parked))
         except ProxyError as exc:
             log.warning(
                 "could not list channels left in the broadcast application: %s", exc.message
             )
 
-    async def sweep(self, rule: SweepRule) -> None:
+    async def sweep(self, rule: SweepRule, parked: Parked) -> None:
         claimed = self._core.claimed()
         with contextlib.suppress(ProxyError):
             # One listing for all of them (the claimed ones were taken before it).
@@ -78,15 +81,14 @@ class Recovery:
         if not self._ready():  # the broadcast application was taken over: not ours
             return
         with contextlib.suppress(ProxyError):
-            found = await self._orphans()
+            found = await self._orphans(parked)
             if self._ready():
                 self._return_orphans(rule.sweep(found))
 
-    async def _orphans(self) -> set[str]:
+    async def _orphans(self, parked: Parked) -> set[str]:
         """Channels in the broadcast application that the proxy neither offers nor is
         sending back (ProxyError when Asterisk cannot say)."""
-        parked = await self._gateway.channels_in(self._app)
-        return self._core.orphans(parked, self._executor.returning | self.busy())
+        return self._core.orphans(await parked(), self._executor.returning | self.busy())
 
     def _return_orphans(self, channel_ids: set[str]) -> None:
         for channel_id in channel_ids:
