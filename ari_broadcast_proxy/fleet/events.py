@@ -6,8 +6,9 @@ each server's in its order, each with that server's `asterisk_id` as Asterisk se
 that goes away stops sending and is connected again (with backoff) until it is back, when
 the applications are registered there again; the client's socket stays open meanwhile.
 `RESTRequest` frames from the client are carried out over HTTP on the server(s) their
-route names (fleet/rest.py), with the socket's credentials, and answered with a
-`RESTResponse` frame as Asterisk writes it.
+route names (fleet/rest.py), with the socket's credentials, one at a time in the order they
+came (as Asterisk runs a socket's requests), and answered with a `RESTResponse` frame as
+Asterisk writes it.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ __all__ = ["FleetSocket", "fleet_sockets"]
 
 log = logging.getLogger(__name__)
 
+MAX_PENDING_REQUESTS = 1000  # RESTRequest frames waiting on one socket; past it, 503
+
 
 class FleetSocket:
     """The EventsSocket interface an EventSession uses, over one socket per server."""
@@ -55,6 +58,7 @@ class FleetSocket:
         self._subprotocols = subprotocols
         self._timeout = timeout
         self._rest = rest
+        self._requests: asyncio.Queue[RestRequest] = asyncio.Queue(MAX_PENDING_REQUESTS)
         self._sockets: dict[str, EventsSocket] = {}
         self._on_text: Callable[[str], None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -86,6 +90,7 @@ class FleetSocket:
                 raise refused
             raise unexpected or next(r for r in results if isinstance(r, BaseException))
         self.subprotocol = next(iter(opened.values())).subprotocol
+        self._spawn(self._carry_out_in_order(), "rest-over-ws")
         for server in self._servers:
             if server.name in opened:
                 self._adopt(server, opened[server.name])
@@ -178,10 +183,18 @@ class FleetSocket:
             if self._sockets:
                 next(iter(self._sockets.values())).send(text)
             return
-        self._spawn(self._carry_out(request), "rest-over-ws")
+        try:
+            self._requests.put_nowait(request)
+        except asyncio.QueueFull:
+            self._respond(request, 503, {"message": "too many requests waiting on this socket"})
 
-    async def _carry_out(self, request: RestRequest) -> None:
-        status, payload = await self._answer(request)
+    async def _carry_out_in_order(self) -> None:
+        """One request at a time, in the order they came, as Asterisk runs a socket's."""
+        while True:
+            request = await self._requests.get()
+            self._respond(request, *await self._answer(request))
+
+    def _respond(self, request: RestRequest, status: int, payload: Any) -> None:
         apps = registered_apps(parse_qsl(self._query, keep_blank_values=True))
         self._deliver(
             rest_response(
