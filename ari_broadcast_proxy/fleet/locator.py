@@ -20,7 +20,7 @@ from .routing import Resource
 __all__ = ["Locator"]
 
 MAX_ENTRIES = 200_000
-# What each kind of event says of a resource: (object field, id field, family, ends it).
+# The resources an event names: its field -> (that object's id field, the family).
 _EVENT_RESOURCES = {
     "channel": ("id", "channels"),
     "bridge": ("id", "bridges"),
@@ -39,7 +39,7 @@ _ENDS = {
 class Locator:
     def __init__(self, max_entries: int = MAX_ENTRIES) -> None:
         self._where: OrderedDict[Resource, str] = OrderedDict()
-        self._collisions: dict[Resource, set[str]] = {}
+        self._collisions: OrderedDict[Resource, set[str]] = OrderedDict()
         self._max = max_entries
 
     def __len__(self) -> int:
@@ -53,10 +53,16 @@ class Locator:
         return self._collisions.get(resource, set())
 
     def learn(self, resource: Resource, server: str) -> str | None:
-        """`server` holds `resource`; returns the other server that holds it too, if any."""
+        """`server` holds `resource`; returns the other server that holds it too when that
+        is news (a collision already known is not reported again)."""
         known = self._where.get(resource)
         if known is not None and known != server:
-            self._collisions[resource] = {known, server}
+            collided = self._collisions.setdefault(resource, {known})
+            if server in collided:
+                return None
+            collided.add(server)
+            while len(self._collisions) > self._max:
+                self._collisions.popitem(last=False)
             return known
         self._where[resource] = server
         self._where.move_to_end(resource)

@@ -19,12 +19,13 @@ when they do not (a bridge cannot span servers).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum
 
 from ..ari_request import AriCall
 
-__all__ = ["Kind", "Resource", "Route", "route"]
+__all__ = ["PER_SERVER", "Kind", "Resource", "Route", "route"]
 
 
 class Kind(Enum):
@@ -49,7 +50,8 @@ class Resource:
         return f"{self.family}/{self.id}"
 
     def __str__(self) -> str:
-        return f"{self.family.split('/')[-1].rstrip('s')} {self.id}"
+        kind = "recording" if self.family.startswith("recordings") else self.family[:-1]
+        return f"{kind} {self.id}"
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,9 @@ class Route:
     merge: bool = False  # EVERY: the answers are JSON lists (or applications) to merge
 
 
+# Configuration and files each server has its own copy of (the same pjsip.conf behind a SIP
+# proxy): found on several servers, they are no collision; a request goes to one of them.
+PER_SERVER = frozenset({"endpoints", "recordings/stored"})
 _ANY = Route(Kind.ANY)
 _EVERY_WRITE = Route(Kind.EVERY)
 _EVERY_LIST = Route(Kind.EVERY, merge=True)
@@ -74,7 +79,9 @@ def route(call: AriCall) -> Route:
     if family in _FLEET_WIDE:
         return _ANY if method == "GET" else _EVERY_WRITE
     if family == "applications":
-        return _EVERY_LIST  # a list, one application merged, or its subscriptions
+        if segments[2:] == ("subscription",) and method != "GET":
+            return _subscription(call)
+        return _EVERY_LIST  # a list, one application merged, its event filter
     if family == "channels":
         return _channels(call)
     if family == "bridges":
@@ -145,13 +152,27 @@ def _endpoints(call: AriCall) -> Route:
 def _user_event(call: AriCall) -> Route:
     """A user event goes to the server of its first source (one event for the apps that
     listen there: their sockets hear every server); without a source, to any one."""
-    for value in call.values("source"):
+    first = next(_sources(call, "source"), None)
+    return _ANY if first is None else Route(Kind.HOLDER, first)
+
+
+def _subscription(call: AriCall) -> Route:
+    """An application's subscription to a channel or bridge is made where that lives; to
+    endpoints, device states or every channel, on every server (each has its own)."""
+    first = next(_sources(call, "eventSource"), None)
+    if first is None or first.family == "endpoints":
+        return _EVERY_LIST
+    return Route(Kind.HOLDER, first)
+
+
+def _sources(call: AriCall, parameter: str) -> Iterator[Resource]:
+    """The resources an event source list names (`channel:X,bridge:Y`), in order."""
+    families = {"channel": "channels", "bridge": "bridges", "endpoint": "endpoints"}
+    for value in call.values(parameter):
         for source in value.split(","):
             kind, _, name = source.strip().partition(":")
-            family = {"channel": "channels", "bridge": "bridges", "endpoint": "endpoints"}.get(kind)
-            if family and name:
-                return Route(Kind.HOLDER, Resource(family, name))
-    return _ANY
+            if kind in families and name:
+                yield Resource(families[kind], name)
 
 
 def _channels_named(call: AriCall, parameter: str) -> tuple[Resource, ...]:

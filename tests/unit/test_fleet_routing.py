@@ -3,11 +3,14 @@ locator learns from events and answers (fleet/locator.py)."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from ari_broadcast_proxy.ari_request import AriCall
 from ari_broadcast_proxy.fleet.locator import Locator
+from ari_broadcast_proxy.fleet.rest import _merged
 from ari_broadcast_proxy.fleet.routing import Kind, Resource, Route, route
+from ari_broadcast_proxy.upstream.http import HttpResponse
 
 
 def call(method: str, path: str, **params: str) -> AriCall:
@@ -30,8 +33,16 @@ BRIDGE = Resource("bridges", "b1")
         (call("GET", "applications"), Route(Kind.EVERY, merge=True)),
         (call("GET", "applications/app"), Route(Kind.EVERY, merge=True)),
         (
-            call("POST", "applications/app/subscription", eventSource="x"),
+            call("POST", "applications/app/subscription", eventSource="deviceState:x"),
             Route(Kind.EVERY, merge=True),
+        ),
+        (
+            call("DELETE", "applications/app/subscription", eventSource="endpoint:PJSIP/a"),
+            Route(Kind.EVERY, merge=True),
+        ),
+        (
+            call("POST", "applications/app/subscription", eventSource="channel:alpha-1.1"),
+            Route(Kind.HOLDER, CHANNEL),
         ),
         # one resource: its holder
         (call("GET", "channels/alpha-1.1"), Route(Kind.HOLDER, CHANNEL)),
@@ -139,3 +150,39 @@ def test_locator_is_bounded_oldest_first() -> None:
     for n in range(3):
         locator.learn(Resource("channels", str(n)), "a:1")
     assert len(locator) == 2 and locator.holder(Resource("channels", "0")) is None
+
+
+def test_merged_lists_keep_one_copy_of_what_every_server_has() -> None:
+    """Endpoints and stored recordings are each server's own copy: once in a merged list,
+    an online endpoint over an offline copy; channels (unique ids) all kept."""
+    alice = {"technology": "PJSIP", "resource": "alice", "channel_ids": []}
+    answers = [
+        [{**alice, "state": "offline"}, {"name": "r1", "format": "wav"}],
+        [{**alice, "state": "online"}, {"name": "r1", "format": "wav"}, {"id": "b-1.1"}],
+    ]
+    merged = orjson.loads(_merged([_answer(a) for a in answers]).content)
+    assert merged == [
+        {**alice, "state": "online"},
+        {"name": "r1", "format": "wav"},
+        {"id": "b-1.1"},
+    ]
+
+
+def test_one_application_merged_from_every_server() -> None:
+    apps = [
+        {"name": "x", "channel_ids": ["a-1"], "bridge_ids": [], "events_allowed": []},
+        {"name": "x", "channel_ids": ["b-1", "a-1"], "bridge_ids": ["b-b"], "events_allowed": []},
+    ]
+    merged = orjson.loads(_merged([_answer(a) for a in apps]).content)
+    assert merged == {
+        "name": "x",
+        "channel_ids": ["a-1", "b-1"],
+        "bridge_ids": ["b-b"],
+        "events_allowed": [],
+    }
+
+
+def _answer(body: object) -> HttpResponse:
+    return HttpResponse.composed(
+        200, [(b"content-type", b"application/json")], orjson.dumps(body), 1
+    )
