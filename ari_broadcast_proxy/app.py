@@ -26,7 +26,7 @@ from .broadcast.presentation import Presenter
 from .broadcast.request_rules import RequestRules
 from .broadcast.session_hooks import BroadcastHooks
 from .config import Config
-from .fleet.events import fleet_sockets
+from .fleet.events import FleetSocket, fleet_sockets
 from .fleet.locator import Locator
 from .fleet.rest import FleetRest
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -69,6 +69,7 @@ class Proxy:
         )
         if self.fleet is not None:
             self.controller.on_server_event = self.fleet.learn
+            self.controller.reaches = self._reaches
         self.replica: Replica | None = None
         if config.cluster_url is not None:
             from .cluster.replica import Replica
@@ -126,6 +127,13 @@ class Proxy:
                 for s in self.controller.supervisors
             },
         )
+
+    def _reaches(self, app: str, server: str) -> bool:
+        """Several servers: whether `app`'s socket through the proxy is registered on
+        `server` (a server that just came back is reconnected socket by socket)."""
+        sink = self.registry.sink_for(app)
+        upstream = getattr(sink, "upstream", None)
+        return not isinstance(upstream, FleetSocket) or upstream.serves(server)
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Graceful shutdown, in order: calls on offer go back to the dialplan (TIMEOUT),

@@ -73,6 +73,7 @@ class BroadcastController:
         # One broadcast application socket per Asterisk server (guard), each server's
         # events first to `on_server_event` (several servers: where each channel is).
         self.on_server_event: Callable[[dict[str, Any], str], None] | None = None
+        self.reaches: Callable[[str, str], bool] | None = None  # (application, server)
         self.supervisors = [
             Supervisor(
                 config,
@@ -172,15 +173,16 @@ class BroadcastController:
     def _server_event(self, server: str, event: dict[str, Any]) -> None:
         if self.on_server_event is not None:
             self.on_server_event(event, server)
-        self.on_event(event)
+        self.on_event(event, server)
 
-    def on_event(self, event: dict[str, Any]) -> None:
+    def on_event(self, event: dict[str, Any], server: str | None = None) -> None:
+        """An event of the broadcast application (on `server`, when it came on its socket)."""
         kind = event.get("type")
         channel_id = (event.get("channel") or {}).get("id", "")
         try:
             if kind == "StasisStart":
                 self.asterisk_id = event.get("asterisk_id", self.asterisk_id)
-                self._on_stasis_start(event)
+                self._on_stasis_start(event, server)
             elif kind == "StasisEnd":
                 self._after_offer(channel_id, self._channel_left, channel_id)
             elif kind == "ApplicationMoveFailed":
@@ -208,7 +210,7 @@ class BroadcastController:
     def _move_failed(self, channel_id: str, destination: str) -> None:
         self._feed(self.core.move_failed(channel_id, destination, self._clock.now()))
 
-    def _on_stasis_start(self, event: dict[str, Any]) -> None:
+    def _on_stasis_start(self, event: dict[str, Any], server: str | None) -> None:
         started = time.perf_counter()
         channel = event["channel"]
         channel_id = channel["id"]
@@ -231,6 +233,10 @@ class BroadcastController:
         for warning in (*options.warnings, *filter_warnings):
             log_channel(logging.WARNING, channel_id, "%s", warning)
         recipients = self.executor.recipients(channel_id, app_filter)
+        if server is not None and self.reaches is not None:
+            # Several servers: an application whose socket to this one is not up (yet)
+            # could not be handed the call; native would not offer it either.
+            recipients = [app for app in recipients if self.reaches(app, server)]
         self.presenter.remember(channel_id, invocation)  # before the snapshot is presented
         offer = Offer(
             invocation=invocation,

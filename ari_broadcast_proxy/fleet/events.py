@@ -144,6 +144,10 @@ class FleetSocket:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def serves(self, server: str) -> bool:
+        """Whether the client's applications are registered on `server` now."""
+        return server in self._sockets
+
     # -- frames from the servers --------------------------------------------------------------
 
     def start(self, on_text: Callable[[str], None]) -> None:
