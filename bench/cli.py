@@ -31,7 +31,7 @@ from typing import Any
 
 import psutil
 
-from . import fleet, replicas, report, sections
+from . import charts, fleet, replicas, report, sections
 from .stack import ROOT, Admin, AsteriskInstance, ProxyInstance
 from .workers import WorkerHandle
 
@@ -285,4 +285,6 @@ def main(argv: list[str] | None = None) -> int:
     args.json.write_text(json.dumps(data, indent=1, default=str) + "\n")
     (args.json.parent / (args.json.stem + ".md")).write_text(text + "\n")
     print(f"\nresults: {os.path.relpath(args.json)}")
+    for chart in charts.draw(data, args.json.parent, args.json.stem):
+        print(f"chart: {os.path.relpath(chart)}")
     return 0

@@ -50,6 +50,14 @@ def ms(values: list[float]) -> dict[str, float | int | None]:
     return out
 
 
+def percentiles(values: list[float]) -> list[float]:
+    """p0, p1 ... p100 in milliseconds (empty without values): a distribution the charts
+    draw, in 101 numbers whatever the count of calls."""
+    if not values:
+        return []
+    return [round((pct(values, p) or 0.0) * 1000, 3) for p in range(101)]
+
+
 def ratio(value: float | None, base: float | None) -> float | None:
     """value / base to 3 places (None without both)."""
     if value is None or not base:
@@ -368,6 +376,8 @@ def analyze(
         "claimed_ratio": round(len(started_calls) / total, 5) if total else None,
         "broadcast_ms": ms(broadcast_latency),
         "claim_to_start_ms": ms(claim_latency),
+        "broadcast_percentiles_ms": percentiles(broadcast_latency),
+        "claim_to_start_percentiles_ms": percentiles(claim_latency),
         "claim_rtt_ms": ms(claim_rtt),
         "claim_answer_ms": ms(claim_answer),
         "end_to_end_ms": ms(end_to_end),
