@@ -227,9 +227,18 @@ class Events:
 
 @contextlib.asynccontextmanager
 async def events(
-    base: str, apps: str, *, auth: str = f"{USER}:{PASSWORD}", **query: str
+    base: str,
+    apps: str,
+    *,
+    auth: str = f"{USER}:{PASSWORD}",
+    release_device_states: bool = True,
+    **query: str,
 ) -> AsyncIterator[Events]:
-    """Connect an events WebSocket to `base` (Asterisk or the proxy)."""
+    """Connect an events WebSocket to `base` (Asterisk or the proxy). A subscribeAll socket
+    is unsubscribed from device states before it closes, as the proxy does for its own:
+    straight to Asterisk 22.10 its close can deadlock ARI for the rest of the session
+    (asterisk/asterisk#2170, see ari_broadcast_proxy/subscribe_all.py). Not with
+    `release_device_states=False`: the test of the proxy's own release."""
     ws_base = "ws" + base[len("http") :]
     params = "&".join([f"app={apps}", f"api_key={auth}", *(f"{k}={v}" for k, v in query.items())])
     socket = await connect(f"{ws_base}/ari/events?{params}", max_size=None, compression=None)
@@ -237,7 +246,20 @@ async def events(
     try:
         yield client
     finally:
+        if release_device_states and query.get("subscribeAll") == "true":
+            user, _, password = auth.partition(":")
+            async with httpx.AsyncClient(auth=(user, password), timeout=5) as http:
+                for app in apps.split(","):
+                    released = await http.delete(
+                        f"{base}/ari/applications/{app}/subscription",
+                        params={"eventSource": ALL_DEVICE_STATES},
+                    )
+                    assert released.status_code == 200, released.text
         await client.close()
+
+
+# How Asterisk names a subscribeAll application's subscription to every device's state.
+ALL_DEVICE_STATES = "deviceState:__AST_DEVICE_STATE_ALL_TOPIC"
 
 
 def token() -> str:

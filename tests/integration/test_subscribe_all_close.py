@@ -64,7 +64,9 @@ async def test_closing_subscribe_all_sockets_leaves_ari_answering(
     try:
         async with device_states_changing(ari):
             for round_ in range(ROUNDS):
-                async with events(proxy.base, "observer", subscribeAll="true") as observer:
+                async with events(
+                    proxy.base, "observer", release_device_states=False, subscribeAll="true"
+                ) as observer:
                     # Registered and hearing device states: one is queued at any moment.
                     await observer.wait_for("DeviceStateChanged", 10)
                 try:
