@@ -240,7 +240,7 @@ class FleetRest:
         except UpstreamError as exc:
             if not isinstance(exc, UpstreamTimeout):
                 self._failed[name] = self._clock()
-            raise UpstreamError(f"Asterisk {name}: {exc.message}") from exc
+            raise type(exc)(f"Asterisk {name}: {exc.message}", exc.status) from exc
         self._failed.pop(name, None)
         return response
 
