@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from .errors import BadRequest
 
 __all__ = [
@@ -178,6 +180,28 @@ class AriCall:
     params: tuple[tuple[str, str], ...] = ()  # form body first, then query: Asterisk's order
     json_body: Any = None
     body_error: str | None = None  # Asterisk's message for a body it cannot parse
+
+    @classmethod
+    def read(
+        cls,
+        method: str,
+        segments: tuple[str, ...],
+        query: list[tuple[str, str]],
+        body: bytes,
+        content_type: str,
+    ) -> AriCall:
+        """A request as Asterisk reads it: form parameters before the query's, and the JSON
+        body (BadRequest for an escape Asterisk would read its own way). `content_type`:
+        the media type alone, lower case."""
+        params, json_body, body_error = query, None, None
+        if content_type == "application/x-www-form-urlencoded":
+            params = parse_query(body) + query
+        elif content_type == "application/json" and body.strip():
+            try:
+                json_body = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                body_error = BODY_PARSE_ERROR
+        return cls(method.upper(), segments, tuple(params), json_body, body_error)
 
     @property
     def path(self) -> str:

@@ -13,7 +13,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Message, Receive, Scope, Send
 
-from .ari_request import BODY_PARSE_ERROR, AriAnswer, AriCall, parse_query
+from .ari_request import AriAnswer, AriCall, parse_query
 from .auth import Credentials
 from .errors import ProxyError
 from .upstream.rest import HttpResponse
@@ -174,19 +174,8 @@ class Request:
         return Credentials(self.header(b"authorization"), api_key)
 
     def call(self, segments: tuple[str, ...], body: bytes) -> AriCall:
-        """The request as Asterisk reads it: form parameters before the query's, and the
-        JSON body (BadRequest for an escape Asterisk would read its own way)."""
-        params = self._params
-        json_body, body_error = None, None
-        content_type = self.content_type()
-        if content_type == "application/x-www-form-urlencoded":
-            params = parse_query(body) + params
-        elif content_type == "application/json" and body.strip():
-            try:
-                json_body = orjson.loads(body)
-            except orjson.JSONDecodeError:
-                body_error = BODY_PARSE_ERROR
-        return AriCall(self.method.upper(), segments, tuple(params), json_body, body_error)
+        """The request as Asterisk reads it (`AriCall.read`)."""
+        return AriCall.read(self.method, segments, self._params, body, self.content_type())
 
     async def body(self) -> bytes:
         """The whole body, within Asterisk's limits (else 413, once the client has sent it)."""

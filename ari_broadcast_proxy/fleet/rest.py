@@ -27,21 +27,19 @@ with 422 naming both; an id held by two servers with 409 (their `systemname`s co
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlencode
 
 import orjson
 
 from ..ari_request import AriCall, parse_query, path_segments
 from ..errors import BadRequest, ProxyError, UpstreamError, UpstreamTimeout
 from ..upstream.http import HttpResponse
-from ..upstream.rest import UpstreamRest
+from ..upstream.rest import JSON_CONTENT, UpstreamRest, call_target
 from .locator import Locator
 from .routing import PER_SERVER, Kind, Resource, Route, route
 
@@ -51,7 +49,6 @@ log = logging.getLogger(__name__)
 
 PIN_HEADER = b"x-asterisk-server"
 RETRY_AFTER = 5.0  # a server that could not be reached is left aside this long
-_JSON = [(b"content-type", b"application/json")]
 
 
 @dataclass(frozen=True)
@@ -106,8 +103,7 @@ class FleetRest:
         """A client's request: its own credentials throughout; a list leaves out a server
         that cannot be reached (the others keep serving)."""
         headers = list(headers)
-        path, _, query = target.partition(b"?")
-        call = _call(method, path.decode("latin-1").lstrip("/"), query, body, headers)
+        call = _call(method, target, body, headers)
         pinned = next((v.decode("latin-1") for k, v in headers if k.lower() == PIN_HEADER), None)
         forwarded = [(k, v) for k, v in headers if k.lower() != PIN_HEADER]
         authorization = next(
@@ -133,9 +129,7 @@ class FleetRest:
         """`UpstreamRest.call` on the server(s) the request's route names; with the proxy's
         credentials, each server's own. The proxy's own lists are whole or fail: a sweep
         must not take a server that did not answer for one without channels."""
-        target = quote(path.lstrip("/"), safe="/", errors="surrogateescape")
-        query = urlencode(params or {}, errors="surrogateescape").encode("latin-1")
-        call = _call(method, target, query, json, _JSON if json else [])
+        call = _call(method, call_target(path, params), json, [JSON_CONTENT] if json else [])
         asker = PROXY if as_proxy else Asker(authorization)
 
         async def send(server: UpstreamRest, whole: bool = False) -> HttpResponse:
@@ -154,12 +148,11 @@ class FleetRest:
     async def check_ids(self) -> None:
         """Warn when two servers could mint the same channel ids: no `systemname`, or the
         same one (ids are `systemname-epoch.sequence`, or `epoch.sequence` without)."""
-        names = list(self.servers)
-        answers = await asyncio.gather(
-            *(self.servers[n].call("GET", "asterisk/info") for n in names), return_exceptions=True
+        answers = await self._each(
+            self.servers, lambda n: self.servers[n].call("GET", "asterisk/info")
         )
         seen: dict[str, str] = {}
-        for name, answer in zip(names, answers, strict=True):
+        for name, answer in answers:
             if not isinstance(answer, HttpResponse) or answer.status_code != 200:
                 log.warning("Asterisk %s did not say its systemname (it is checked once)", name)
                 continue
@@ -244,6 +237,15 @@ class FleetRest:
         self._failed.pop(name, None)
         return response
 
+    @staticmethod
+    async def _each(
+        names: Iterable[str], ask: Callable[[str], Awaitable[HttpResponse]]
+    ) -> list[tuple[str, HttpResponse | BaseException]]:
+        """`ask` every named server at once: each one's answer, or what it raised."""
+        names = list(names)
+        results = await asyncio.gather(*(ask(n) for n in names), return_exceptions=True)
+        return list(zip(names, results, strict=True))
+
     def _reachable(self, name: str) -> bool:
         """Not known unreachable: it answered last time, or failed long enough ago to be
         tried again."""
@@ -271,11 +273,9 @@ class FleetRest:
     ) -> HttpResponse:
         """Every server (for a client, those reachable; a list without the others)."""
         names = [n for n in self.servers if strict or self._reachable(n)] or list(self.servers)
-        results = await asyncio.gather(
-            *(self._on(n, lambda s: send(s, whole=True)) for n in names), return_exceptions=True
-        )
+        results = await self._each(names, lambda n: self._on(n, lambda s: send(s, whole=True)))
         answers: list[HttpResponse] = []
-        for name, result in zip(names, results, strict=True):
+        for name, result in results:
             if isinstance(result, HttpResponse):
                 answers.append(result)
             elif not isinstance(result, ProxyError) or strict:
@@ -283,9 +283,9 @@ class FleetRest:
             else:
                 log.warning("%s left out: %s", name, result.message)
         if not answers:
-            first = results[0]
-            assert isinstance(first, BaseException)
-            raise first
+            failure = results[0][1]
+            assert isinstance(failure, BaseException)  # nobody answered
+            raise failure
         found = [r for r in answers if r.status_code == 200]
         if where.merge and found:  # lists, or what the servers that have it say
             return _merged(found)
@@ -306,21 +306,15 @@ class FleetRest:
         if known is not None:
             return known
         names = [n for n in self.servers if self._reachable(n)] or list(self.servers)
-        asked = await asyncio.gather(
-            *(asker.get(self.servers[n], resource.path) for n in names), return_exceptions=True
-        )
-        found = [
-            n
-            for n, a in zip(names, asked, strict=True)
-            if isinstance(a, HttpResponse) and a.status_code == 200
-        ]
+        asked = await self._each(names, lambda n: asker.get(self.servers[n], resource.path))
+        found = [n for n, a in asked if isinstance(a, HttpResponse) and a.status_code == 200]
         if resource.family in PER_SERVER:
             return found[0] if found else None
         for name in found:
             self.locator.learn(resource, name)
         if len(found) > 1:
             return await self._holder(resource, asker)  # the collision, refused
-        silent = [n for n, a in zip(names, asked, strict=True) if not isinstance(a, HttpResponse)]
+        silent = [n for n, a in asked if not isinstance(a, HttpResponse)]
         if not found and silent:
             raise UpstreamError(
                 f"{resource} is on no Asterisk that answered; {', '.join(silent)} did not"
@@ -389,24 +383,20 @@ class FleetRest:
             log.error("%s created on Asterisk %s exists on another server too", resource, server)
 
 
-def _call(
-    method: str, path: str, query: bytes, body: bytes, headers: list[tuple[bytes, bytes]]
-) -> AriCall:
+def _call(method: str, target: bytes, body: bytes, headers: list[tuple[bytes, bytes]]) -> AriCall:
     """The request as routing reads it (what cannot be read routes as ANY: Asterisk refuses)."""
+    path, _, query = target.partition(b"?")
+    content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"")
     try:
-        segments = path_segments(path)
-        params = parse_query(query)
+        return AriCall.read(
+            method,
+            path_segments(path.lstrip(b"/")),
+            parse_query(query),
+            body,
+            content_type.decode("latin-1").split(";")[0].strip().lower(),
+        )
     except BadRequest:
         return AriCall(method, ())
-    json_body: Any = None
-    content_type = next((v for k, v in headers if k.lower() == b"content-type"), b"")
-    if body and content_type.split(b";")[0].strip().lower() == b"application/json":
-        with contextlib.suppress(orjson.JSONDecodeError):
-            json_body = orjson.loads(body)
-    elif body and content_type.startswith(b"application/x-www-form-urlencoded"):
-        with contextlib.suppress(BadRequest):
-            params = parse_query(body) + params
-    return AriCall(method.upper(), segments, tuple(params), json_body)
 
 
 def _merged(answers: list[HttpResponse]) -> HttpResponse:

@@ -18,11 +18,12 @@ from ..errors import UpstreamError, UpstreamTimeout
 from ..metrics import Metrics
 from .http import HttpPool, HttpResponse
 
-__all__ = ["AriRest", "HttpResponse", "UpstreamRest"]
+__all__ = ["JSON_CONTENT", "AriRest", "HttpResponse", "UpstreamRest", "call_target"]
 
 # Asterisk closes idle HTTP connections after http.conf `session_keep_alive` (15 s by
 # default): the pool forgets them before that, so a request never races the close.
 KEEPALIVE_EXPIRY = 10.0
+JSON_CONTENT = (b"content-type", b"application/json")
 
 
 class AriRest(Protocol):
@@ -109,14 +110,19 @@ class UpstreamRest:
         """One small ARI call, body read. `path` has no /ari/. With the proxy's credentials,
         or (`as_proxy=False`) with only the client's `authorization`, if any; `json`, an
         encoded JSON document, goes as the body."""
-        target = (
-            "/"
-            + quote(path.lstrip("/"), safe="/", errors="surrogateescape")
-            + ("?" + urlencode(params, errors="surrogateescape") if params else "")
-        )
         if as_proxy:
             authorization = self._authorization
         headers = [(b"authorization", authorization.encode("latin-1"))] if authorization else []
         if json:
-            headers.append((b"content-type", b"application/json"))
-        return await self.send(method, target.encode("latin-1"), headers, json)
+            headers.append(JSON_CONTENT)
+        return await self.send(method, call_target(path, params), headers, json)
+
+
+def call_target(path: str, params: Mapping[str, str | int] | None) -> bytes:
+    """The request target (below /ari) of a `call`: `path` quoted, `params` as a query."""
+    target = (
+        "/"
+        + quote(path.lstrip("/"), safe="/", errors="surrogateescape")
+        + ("?" + urlencode(params, errors="surrogateescape") if params else "")
+    )
+    return target.encode("latin-1")
