@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from .broadcast.dialplan import ast_true
 from .errors import ProxyError
 from .event_session import EventSession
 from .registry import AppRegistry
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 # How Asterisk names a subscribeAll application's subscription to every device's state.
 ALL_DEVICE_STATES = "deviceState:__AST_DEVICE_STATE_ALL_TOPIC"
 RELEASE_TIMEOUT = 2.0
-_TRUE = frozenset({"yes", "true", "y", "t", "1", "on"})  # ast_true()
 
 
 class DeviceStatesRelease:
@@ -43,7 +43,7 @@ class DeviceStatesRelease:
         self._registry = registry
 
     async def __call__(self, session: EventSession) -> None:
-        if session.query.get("subscribeAll", "").strip().lower() not in _TRUE:
+        if not ast_true(session.query.get("subscribeAll", "")):
             return
         for app in session.apps:
             if self._registry.sink_for(app) is not session:

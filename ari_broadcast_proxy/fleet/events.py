@@ -54,6 +54,10 @@ class FleetSocket:
     ) -> None:
         self._servers = servers
         self._query = query
+        params = parse_qsl(query, keep_blank_values=True)
+        apps = registered_apps(params)
+        self._application = apps[0] if apps else ""  # what Asterisk's RESTResponse names
+        self._api_key = dict(params).get("api_key")  # the socket's credentials, over HTTP
         self._headers = dict(headers)
         self._subprotocols = subprotocols
         self._timeout = timeout
@@ -199,7 +203,6 @@ class FleetSocket:
             self._respond(request, *await self._answer(request))
 
     def _respond(self, request: RestRequest, status: int, payload: Any) -> None:
-        apps = registered_apps(parse_qsl(self._query, keep_blank_values=True))
         self._deliver(
             rest_response(
                 request,
@@ -207,7 +210,7 @@ class FleetSocket:
                 payload,
                 timestamp=asterisk_timestamp(),
                 asterisk_id=None,
-                application=apps[0] if apps else "",
+                application=self._application,
             )
         )
 
@@ -215,9 +218,8 @@ class FleetSocket:
         if request.body_error is not None:
             return 400, {"message": request.body_error}
         params = list(request.params)
-        api_key = dict(parse_qsl(self._query)).get("api_key")
-        if api_key is not None:
-            params.append(("api_key", api_key))  # the socket's credentials, over HTTP
+        if self._api_key is not None:
+            params.append(("api_key", self._api_key))
         target = "/" + "/".join(
             quote(s, safe="", errors="surrogateescape") for s in request.segments
         )

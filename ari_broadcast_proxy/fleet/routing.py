@@ -101,11 +101,10 @@ def route(call: AriCall) -> Route:
 
 def _channels(call: AriCall) -> Route:
     segments = call.segments
-    if len(segments) == 1:
-        if call.method == "GET":
-            return _EVERY_LIST
-        return _creation(call, _chosen(call, "channels", "channelId"))
-    if len(segments) == 2 and segments[1] in _CREATIONS and call.method == "POST":
+    if len(segments) == 1 and call.method == "GET":
+        return _EVERY_LIST
+    created = len(segments) == 2 and segments[1] in _CREATIONS and call.method == "POST"
+    if len(segments) == 1 or created:  # originate, create, externalMedia
         return _creation(call, _chosen(call, "channels", "channelId"))
     channel = Resource("channels", segments[1])
     if len(segments) == 2 and call.method == "POST":  # originate with this id
