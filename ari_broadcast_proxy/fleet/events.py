@@ -29,8 +29,8 @@ from ..client_rest import RestRequest, parse_rest_request, rest_response
 from ..config import Upstream
 from ..errors import BadRequest, ProxyError
 from ..event_session import UpstreamSocket
-from ..sessions import OpenUpstream
-from ..upstream.websocket import EventsSocket, HandshakeRefused, open_events_socket
+from ..sessions import OpenUpstream, one_server
+from ..upstream.websocket import HandshakeRefused
 from .rest import FleetRest
 
 __all__ = ["FleetSocket", "fleet_sockets"]
@@ -41,7 +41,7 @@ MAX_PENDING_REQUESTS = 1000  # RESTRequest frames waiting on one socket; past it
 
 
 class FleetSocket:
-    """The EventsSocket interface an EventSession uses, over one socket per server."""
+    """The UpstreamSocket an EventSession relays to, over one socket per server."""
 
     def __init__(
         self,
@@ -63,7 +63,7 @@ class FleetSocket:
         self._timeout = timeout
         self._rest = rest
         self._requests: asyncio.Queue[RestRequest] = asyncio.Queue(MAX_PENDING_REQUESTS)
-        self._sockets: dict[str, EventsSocket] = {}
+        self._sockets: dict[str, UpstreamSocket] = {}
         self._on_text: Callable[[str], None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._paused = False
@@ -82,7 +82,9 @@ class FleetSocket:
             *(self._connect(s) for s in self._servers), return_exceptions=True
         )
         refused = next((r for r in results if isinstance(r, HandshakeRefused)), None)
-        opened = {n: r for n, r in zip(names, results, strict=True) if isinstance(r, EventsSocket)}
+        opened = {
+            n: r for n, r in zip(names, results, strict=True) if not isinstance(r, BaseException)
+        }
         unexpected = next(
             (r for r in results if isinstance(r, BaseException) and not isinstance(r, ProxyError)),
             None,
@@ -102,13 +104,12 @@ class FleetSocket:
                 log.warning("events socket: Asterisk %s unreachable; retrying", server.name)
                 self._spawn(self._reconnect(server), f"reconnect-{server.name}")
 
-    async def _connect(self, server: Upstream) -> EventsSocket:
-        url = f"{server.ws}/events" + (f"?{self._query}" if self._query else "")
-        return await open_events_socket(
-            url, self._headers, timeout=self._timeout, subprotocols=self._subprotocols
-        )
+    async def _connect(self, server: Upstream) -> UpstreamSocket:
+        """The client's socket to one server, as with one server (sessions.one_server)."""
+        open_upstream = one_server(server.ws, self._timeout)
+        return await open_upstream(self._query, self._headers, self._subprotocols)
 
-    def _adopt(self, server: Upstream, socket: EventsSocket) -> None:
+    def _adopt(self, server: Upstream, socket: UpstreamSocket) -> None:
         self._sockets[server.name] = socket
         if self._on_text is not None:  # else at `start` (each socket keeps what came)
             self._start(server.name, socket)
@@ -116,7 +117,7 @@ class FleetSocket:
             socket.pause_reading()
         self._spawn(self._watch(server, socket), f"watch-{server.name}")
 
-    async def _watch(self, server: Upstream, socket: EventsSocket) -> None:
+    async def _watch(self, server: Upstream, socket: UpstreamSocket) -> None:
         await socket.wait_closed()
         if self.closed.done():
             return
@@ -159,7 +160,7 @@ class FleetSocket:
         for name, socket in self._sockets.items():
             self._start(name, socket)
 
-    def _start(self, server: str, socket: EventsSocket) -> None:
+    def _start(self, server: str, socket: UpstreamSocket) -> None:
         socket.start(lambda text: self._frame(server, text))
 
     def _frame(self, server: str, text: str) -> None:
