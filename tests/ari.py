@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,6 +260,21 @@ async def events(
 
 # How Asterisk names a subscribeAll application's subscription to every device's state.
 ALL_DEVICE_STATES = "deviceState:__AST_DEVICE_STATE_ALL_TOPIC"
+
+
+async def until(
+    check: Callable[[], Awaitable[bool]], what: str | Callable[[], str], cap: float = 15
+) -> None:
+    """Polls `check` every 50 ms until it holds (at most `cap` s): for state that is only
+    shown on request (readiness, what replicas announced). `what` names it in the failure
+    (a callable: said as it stands then)."""
+    try:
+        async with asyncio.timeout(cap):
+            while not await check():  # noqa: ASYNC110 (shown on request only)
+                await asyncio.sleep(0.05)
+    except TimeoutError:
+        said = what() if callable(what) else what
+        raise AssertionError(f"not within {cap} s: {said}") from None
 
 
 def token() -> str:

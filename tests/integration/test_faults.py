@@ -31,6 +31,7 @@ from ..ari import (
     start_asterisk,
     stop_asterisk,
     token,
+    until,
 )
 from ..conftest import ProxyProcess
 
@@ -82,14 +83,13 @@ async def win_and_let_go(
 
 async def wait_until(probe: Callable[[], Awaitable[int]], expected: int, timeout: float) -> None:
     """Poll a status (readiness has no event to wait for) until it is `expected`."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = await probe()
-        if last == expected:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"status stayed {last}, expected {expected} within {timeout}s")
+    seen: list[int] = []
+
+    async def reached() -> bool:
+        seen.append(await probe())
+        return seen[-1] == expected
+
+    await until(reached, lambda: f"status stayed {seen[-1:]}, expected {expected}", timeout)
 
 
 async def reluctant_reader(proxy: ProxyProcess, app: str) -> ClientConnection:

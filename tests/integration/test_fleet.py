@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from ..ari import (
     start_asterisk,
     stop_asterisk,
     token,
+    until,
 )
 from ..conftest import ProxyProcess
 from ..fleet import fleet
@@ -117,17 +118,6 @@ async def broadcast_and_claim(
         return start
     finally:
         await apps.aclose()
-
-
-async def until(check: Callable[[], Awaitable[bool]], what: str, cap: float = 15) -> None:
-    """Polls `check` every 50 ms until it holds (at most `cap` s): for state the proxy only
-    shows on request (readiness)."""
-    try:
-        async with asyncio.timeout(cap):
-            while not await check():  # noqa: ASYNC110 (readiness is only shown on request)
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not within {cap} s: {what}") from None
 
 
 async def registered(app: str, *servers: Ari) -> None:

@@ -27,7 +27,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from ..ari import PASSWORD, USER, Ari, Asterisk, Tasks, readyz, token
+from ..ari import PASSWORD, USER, Ari, Asterisk, Tasks, readyz, token, until
 from ..redis_server import RedisServer, redis_server_fixture  # noqa: F401
 from ..replicas import (
     CLUSTER_APP,
@@ -220,16 +220,13 @@ async def every_replica_knows(replicas: Sequence[Replica], apps: int, cap: float
     """Until each running replica's /readyz counts `apps` applications cluster-wide (the
     offers' audience: each replica's own, and what the others announced)."""
     async with httpx.AsyncClient(timeout=2) as http:
-        try:
-            async with asyncio.timeout(cap):
-                for replica in (r for r in replicas if r.alive() and not r.paused):
-                    url = f"{replica.base}/readyz"
-                    known = 0
-                    while known < apps:  # polled: announcements show on request only
-                        known = (await http.get(url)).json().get("cluster_applications", 0)
-                        await asyncio.sleep(0.05)
-        except TimeoutError:
-            raise AssertionError(f"not every replica knew {apps} applications in {cap} s") from None
+        for replica in (r for r in replicas if r.alive() and not r.paused):
+
+            async def knows_all(base: str = replica.base) -> bool:
+                ready = (await http.get(f"{base}/readyz")).json()
+                return bool(ready.get("cluster_applications", 0) >= apps)
+
+            await until(knows_all, f"{replica.replica_id} knowing {apps} applications", cap)
 
 
 async def parked(ari: Ari) -> list[str]:
