@@ -51,13 +51,17 @@ class WriteAccess:
         self._clock = clock
         self._granted: dict[str, float] = {}
 
+    def granted(self, credentials: Credentials) -> bool:
+        """Whether Asterisk said yes to these credentials less than `ttl` seconds ago."""
+        expiry = self._granted.get(credentials.cache_key())
+        return expiry is not None and expiry > self._clock()
+
     async def require(self, credentials: Credentials) -> None:
         """Return if Asterisk accepts these credentials for writing, else raise AccessDenied."""
+        if self.granted(credentials):
+            return
         key = credentials.cache_key()
         now = self._clock()
-        expiry = self._granted.get(key)
-        if expiry is not None and expiry > now:
-            return
         params = {"channelId": _PROBE_CHANNEL, "application": _PROBE_CHANNEL}
         if credentials.api_key:
             params["api_key"] = credentials.api_key

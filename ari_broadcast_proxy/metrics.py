@@ -32,6 +32,11 @@ class Metrics:
             ["status"],
             registry=r,
         )
+        self.claims_at_once = Counter(
+            "ari_proxy_claims_read_at_once",
+            "Of those, claims the HTTP protocol answered as it read them (no ASGI request)",
+            registry=r,
+        )
         self.time_to_claim = Histogram(
             "ari_proxy_time_to_claim_seconds",
             "From CallBroadcast sent to the winning claim",

@@ -12,6 +12,7 @@ import uvicorn
 from .app import Proxy, create_app
 from .config import Config
 from .errors import ConfigError
+from .http_protocol import protocol_answering
 from .logs import LogWriter, configure_logging
 
 __all__ = ["bind", "run"]
@@ -77,6 +78,8 @@ def _serve(config: Config, logs: LogWriter) -> None:
             app,
             log_config=None,
             lifespan="on",
+            # httptools, with losing claims answered as they are read (http_protocol).
+            http=protocol_answering(app.proxy.claims),
             # wsproto: uvicorn's websockets-sansio protocol never answers (nor closes) an
             # upgrade request whose request line exceeds 8 KiB; wsproto relays as fast here.
             ws="wsproto",

@@ -9,8 +9,9 @@ becomes native's 404.
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
@@ -66,11 +67,54 @@ class ClaimService:
         except BadRequest as exc:
             return AriAnswer(400, {"message": exc.message})
         outcome = await self._controller.claim(claim.channel_id, claim.application)
-        if outcome is None:
-            return None
-        if outcome is ClaimOutcome.WON:
-            return AriAnswer(204)
-        return AriAnswer(outcome.value, {"message": _MESSAGES[outcome]})
+        return None if outcome is None else _answer_for(outcome)
+
+    def answer_at_once(
+        self,
+        credentials: Credentials,
+        params: Iterable[tuple[str, str]],
+        reply: Callable[[AriAnswer], None],
+    ) -> bool:
+        """Answer a claim with no body as it is read, through `reply`: at once, or for the
+        winner once its hand-over is written (a task the executor owns). False: `answer`
+        must take it (credentials Asterisk has not accepted lately, replicas, a channel that
+        is not the proxy's)."""
+        if not self._access.granted(credentials):
+            return False
+        try:
+            claim = claim_params(params)
+        except BadRequest as exc:
+            self._metrics.claims_at_once.inc()
+            reply(self._counted(AriAnswer(400, {"message": exc.message})))
+            return True
+        decided = self._controller.claim_at_once(claim.channel_id, claim.application)
+        if decided is None:
+            return False
+        self._metrics.claims_at_once.inc()
+        if isinstance(decided, ClaimOutcome):
+            reply(self._counted(_answer_for(decided)))
+        else:
+            name = f"claim-{claim.channel_id}"
+            self._controller.executor.spawn(self._reply_when(decided, reply), name)
+        return True
+
+    async def _reply_when(
+        self, settled: Awaitable[ClaimOutcome], reply: Callable[[AriAnswer], None]
+    ) -> None:
+        try:
+            outcome = await settled
+        except asyncio.CancelledError:  # shutting down with the hand-over still unwritten
+            reply(self._counted(AriAnswer(503, {"message": "The proxy is shutting down"})))
+            raise
+        except Exception:
+            log.exception("a winning claim could not be carried out")
+            reply(self._counted(AriAnswer(500, {"message": "Internal Server Error"})))
+            return
+        reply(self._counted(_answer_for(outcome)))
+
+    def _counted(self, answer: AriAnswer) -> AriAnswer:
+        self._metrics.claims.labels(str(answer.status)).inc()
+        return answer
 
     async def write_refusal(self, credentials: Credentials) -> AriAnswer | None:
         """Asterisk's refusal of these credentials for writing (401/403; 502/504 when it
@@ -90,6 +134,12 @@ class ClaimService:
             log.warning("refused a write: checking the credentials failed: %s", exc.message)
             return AriAnswer(exc.status, {"message": exc.message})
         return None
+
+
+def _answer_for(outcome: ClaimOutcome) -> AriAnswer:
+    if outcome is ClaimOutcome.WON:
+        return AriAnswer(204)
+    return AriAnswer(outcome.value, {"message": _MESSAGES[outcome]})
 
 
 def native_404_for_501(status: int, body: bytes) -> tuple[int, bytes]:

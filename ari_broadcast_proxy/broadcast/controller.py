@@ -19,7 +19,7 @@ import functools
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -30,7 +30,15 @@ from ..registry import AppRegistry
 from ..upstream.websocket import open_events_socket
 from .app_filter import AppFilter
 from .clock import Clock, LoopClock
-from .core import BroadcastCore, ClaimOutcome, Command, ResumeDialplan, State, Verdict
+from .core import (
+    Broadcast,
+    BroadcastCore,
+    ClaimOutcome,
+    Command,
+    ResumeDialplan,
+    State,
+    Verdict,
+)
 from .dialplan import parse_broadcast_data
 from .executor import Executor, Offer, log_channel
 from .handover import ChannelGateway
@@ -47,6 +55,12 @@ __all__ = ["BroadcastController", "Offer"]
 log = logging.getLogger(__name__)
 
 _NOTABLE_CLAIMS = frozenset({ClaimOutcome.WON, ClaimOutcome.NOT_OFFERED})
+
+
+def _log_claim(channel_id: str, app: str, outcome: ClaimOutcome) -> None:
+    # Losing claims (404/409: nine in ten under a race) only at DEBUG.
+    level = logging.INFO if outcome in _NOTABLE_CLAIMS else logging.DEBUG
+    log_channel(level, channel_id, "claim by %r -> %d", app, outcome.value)
 
 
 class BroadcastController:
@@ -293,26 +307,52 @@ class BroadcastController:
     async def claim(self, channel_id: str, app: str) -> ClaimOutcome | None:
         """Decide a claim; None means the channel is not the proxy's (Asterisk answers).
         A replica has Redis decide (ClusterUnavailable: 503 when it cannot be reached)."""
+        if self._replica is None:
+            decided = self.claim_at_once(channel_id, app)
+            return (
+                decided if decided is None or isinstance(decided, ClaimOutcome) else await decided
+            )
         now = self._clock.now()
         broadcast = self.core.get(channel_id)
-        if self._replica is not None:
-            decided = await self._replica.claim(channel_id, app)
-            if decided is None:
-                return None
-            outcome, commands = decided, []
-            if outcome is ClaimOutcome.WON:  # this replica's mirror follows Redis
-                commands = self.core.claim(channel_id, app, self._clock.now())[1]
-        elif not self.core.knows(channel_id, now):
+        outcome = await self._replica.claim(channel_id, app)
+        if outcome is None:
             return None
-        else:
-            outcome, commands = self.core.claim(channel_id, app, now)
+        commands: list[Command] = []
+        if outcome is ClaimOutcome.WON:  # this replica's mirror follows Redis
+            commands = self.core.claim(channel_id, app, self._clock.now())[1]
+        return await self._settled(channel_id, app, outcome, commands, broadcast, now)
+
+    def claim_at_once(
+        self, channel_id: str, app: str
+    ) -> ClaimOutcome | Coroutine[Any, Any, ClaimOutcome] | None:
+        """One process decides a claim the moment it is read: the outcome of one that loses,
+        or for the winner its hand-over, to await before answering. None: the channel is
+        not the proxy's, or Redis decides (replicas: `claim`)."""
+        now = self._clock.now()
+        if self._replica is not None or not self.core.knows(channel_id, now):
+            return None
+        broadcast = self.core.get(channel_id)
+        outcome, commands = self.core.claim(channel_id, app, now)
+        if commands:
+            return self._settled(channel_id, app, outcome, commands, broadcast, now)
+        _log_claim(channel_id, app, outcome)
+        return outcome
+
+    async def _settled(
+        self,
+        channel_id: str,
+        app: str,
+        outcome: ClaimOutcome,
+        commands: list[Command],
+        broadcast: Broadcast[Offer] | None,
+        now: float,
+    ) -> ClaimOutcome:
+        """The winner's hand-over is written before its claim is answered."""
         if commands:
             await self.executor.carry_out(commands)
         if outcome is ClaimOutcome.WON and broadcast is not None:
             self._metrics.time_to_claim.observe(now - broadcast.offered_at)
-        # Losing claims (404/409: nine in ten under a race) only at DEBUG.
-        level = logging.INFO if outcome in _NOTABLE_CLAIMS else logging.DEBUG
-        log_channel(level, channel_id, "claim by %r -> %d", app, outcome.value)
+        _log_claim(channel_id, app, outcome)
         return outcome
 
     def released(self, channel_id: str) -> None:

@@ -3,13 +3,15 @@ native broadcasts passing through, the direct form, and keeping its internals pr
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from ..ari import Ari, Asterisk, events
+from ..ari import PASSWORD, USER, Ari, Asterisk, events
 from ..conftest import ProxyProcess
 from .scenarios import Target, apps, claim, place_call, result, win_and_let_go
 
@@ -259,3 +261,80 @@ async def test_an_application_named_with_dialplan_specials_still_gets_the_call(
         start = await win_and_let_go(proxy_target, sockets[name], channel_id, name, call)
         assert start["application"] == name
         assert start["args"] == ["x"]
+
+
+Stream = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+BASIC = "Authorization: Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+
+
+async def _exchange(stream: Stream, data: bytes) -> bytes:
+    """Write `data`, read one whole answer (head and Content-Length body) as bytes."""
+    reader, writer = stream
+    writer.write(data)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.lower() == b"content-length":
+            length = int(value)
+    return head + await reader.readexactly(length)
+
+
+def _claim_request(channel_id: str, app: str | None, body: bytes | None = None) -> bytes:
+    """A claim as stock clients send it; with `body`, one that takes the ASGI path."""
+    query = f"channelId={channel_id}" + (f"&application={app}" if app else "")
+    head = f"POST /ari/events/claim?{query} HTTP/1.1\r\nHost: proxy\r\n{BASIC}\r\n"
+    if body is not None:
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return head.encode() + b"\r\n" + (body or b"")
+
+
+async def test_claims_answered_as_they_are_read_are_the_asgi_paths_answers(
+    proxy_target: Target, proxy: ProxyProcess
+) -> None:
+    """Claims with no body are answered by the HTTP protocol itself (http_protocol): the
+    same bytes as the full path's answer to the same claim with a JSON body, the winner's
+    hand-over first, and the connection goes on serving requests, pipelined ones too."""
+    port = int(proxy.base.rsplit(":", 1)[1])
+    stream = await asyncio.open_connection("127.0.0.1", port)
+    at_once = await _read_at_once(proxy)
+    async with apps(proxy_target, "quick-a", "quick-b") as sockets:
+        call = await place_call(proxy_target, "10000,^quick-a")
+        offer = await sockets["quick-a"].wait_for("CallBroadcast")
+        channel_id = offer["channel"]["id"]
+
+        async def both(app: str | None) -> bytes:
+            full = await _exchange(stream, _claim_request(channel_id, app, b"{}"))
+            quick = await _exchange(stream, _claim_request(channel_id, app))
+            assert quick == full
+            return quick
+
+        assert (await both("quick-b")).startswith(b"HTTP/1.1 422 ")  # not offered
+        assert (await both(None)).startswith(b"HTTP/1.1 400 ")
+        won = await _exchange(stream, _claim_request(channel_id, "quick-a"))
+        assert won == b"HTTP/1.1 204 No Content\r\n\r\n"
+        start = await sockets["quick-a"].wait_for("StasisStart")
+        assert start["channel"]["id"] == channel_id
+        lost = await both("quick-a")
+        assert lost.startswith(b"HTTP/1.1 409 ")
+        assert json.loads(lost.split(b"\r\n\r\n", 1)[1]) == {
+            "message": "Channel has already been claimed by another application"
+        }
+        # Two claims in one write: the second waits for uvicorn, in order.
+        reader, writer = stream
+        writer.write(_claim_request(channel_id, "quick-b") * 2)
+        for _ in range(2):
+            assert (await _exchange((reader, writer), b"")).startswith(b"HTTP/1.1 409 ")
+        ping = f"GET /ari/asterisk/ping HTTP/1.1\r\nHost: proxy\r\n{BASIC}\r\n\r\n"
+        assert (await _exchange(stream, ping.encode())).startswith(b"HTTP/1.1 200 ")
+        await proxy_target.apps_ari.http.post(f"channels/{channel_id}/continue")
+        assert (await result(proxy_target, call))[0] == "SUCCESS"
+    stream[1].close()
+    # 422, 400, 204 and 409 without a body; the pipelined pair went to uvicorn.
+    assert await _read_at_once(proxy) == at_once + 4
+
+
+async def _read_at_once(proxy: ProxyProcess) -> float:
+    async with httpx.AsyncClient() as http:
+        text = (await http.get(proxy.base + "/metrics")).text
+    return float(text.split("\nari_proxy_claims_read_at_once_total ", 1)[1].split()[0])
