@@ -6,6 +6,7 @@
     bench/run --json /tmp/x.json
 
 Sections: latency (broadcast and claim latency with 1/10/50 applications), throughput,
+claims (CPU and round trip of a losing claim, over HTTP and REST over WebSocket),
 passthrough (REST cost), relay (events/s), memory (proxy RSS after 1k and 10k calls),
 replicas (1, 2 and 3 replicas sharing a redis-server against one proxy without Redis:
 throughput, claim latency, Redis operations per call; 1.5-3 minutes, quick under 40 s),
@@ -31,16 +32,26 @@ from typing import Any
 
 import psutil
 
-from . import charts, fleet, replicas, report, sections
+from . import charts, claims, fleet, replicas, report, sections
 from .stack import ROOT, Admin, AsteriskInstance, ProxyInstance
 from .workers import WorkerHandle
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SECTIONS = ("latency", "throughput", "passthrough", "relay", "memory", "replicas", "fleet")
+SECTIONS = (
+    "latency",
+    "throughput",
+    "claims",
+    "passthrough",
+    "relay",
+    "memory",
+    "replicas",
+    "fleet",
+)
 ALIASES = {
     "broadcast": "latency",
     "claim": "latency",
     "rss": "memory",
+    "losers": "claims",
     "events": "relay",
     "cluster": "replicas",
     "redis": "replicas",
@@ -50,6 +61,7 @@ ALIASES = {
 RUNNERS = {
     "latency": sections.latency,
     "throughput": sections.throughput,
+    "claims": claims.claims,
     "passthrough": sections.passthrough,
     "relay": sections.relay,
     "memory": sections.memory,
@@ -68,6 +80,7 @@ PROFILES: dict[str, dict[str, Any]] = {
             "rates": [5, 10, 20, 40, 60, 80, 120, 160, 240, 320, 480, 640, 960],
             "step_seconds": 10,
         },
+        "claims": {"n": 3000, "warmup": 200, "concurrency": 10},
         "passthrough": {"n": 1000, "warmup": 50, "concurrency": 4, "duration": 3},
         "relay": {"iterations": 10000, "loops": 2, "rounds": 2},
         "memory": {"first": 1000, "total": 10000, "rate": 100, "settle": 6},
@@ -85,6 +98,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "latency": {"app_counts": (1, 10, 50), "calls": 20, "rate": 20, "warmup": 2},
         "throughput": {"rates": [10, 40], "step_seconds": 3},
+        "claims": {"n": 500, "warmup": 50, "concurrency": 10},
         "passthrough": {"n": 200, "warmup": 20, "concurrency": 4, "duration": 1},
         "relay": {"iterations": 3000, "loops": 1, "rounds": 1},
         "memory": {"first": 200, "total": 1000, "rate": 100, "settle": 6},
