@@ -73,3 +73,31 @@ def test_a_record_that_cannot_be_formatted_does_not_stop_the_writer(
         root.setLevel(level)
         logging.getLogger("uvicorn.error").filters.clear()
     assert "still written" in stream.getvalue()
+
+
+class CountingStream(io.StringIO):
+    writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_a_burst_of_lines_is_written_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = CountingStream()
+    monkeypatch.setattr("sys.stderr", stream)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    writer = None
+    try:
+        writer = configure_logging("info", as_json=False)
+        for i in range(200):
+            logging.getLogger("burst").info("line %d", i)
+    finally:
+        if writer is not None:
+            writer.stop()
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        logging.getLogger("uvicorn.error").filters.clear()
+    assert stream.getvalue().count("burst: line ") == 200
+    assert stream.writes <= 5  # a write per burst, not per line (200)
