@@ -140,6 +140,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--mem-rate", type=float, metavar="CPS", help="memory section's call rate (default 100/s)"
     )
+    parser.add_argument(
+        "--proxy-python",
+        metavar="PATH",
+        help="run the proxy on this interpreter (a venv's python with the project installed)",
+    )
     parser.add_argument("--name", default="bench", help="sandbox instance name (default bench)")
     args = parser.parse_args(argv)
     chosen = []
@@ -168,6 +173,12 @@ def revision() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return sha + (" + uncommitted changes in ari_broadcast_proxy/" if dirty else "")
+
+
+def python_version(python: str) -> str:
+    code = "import platform; print(platform.python_version())"
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, check=False)
+    return done.stdout.strip()
 
 
 def machine() -> dict[str, Any]:
@@ -222,6 +233,8 @@ async def measure(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
+    if args.proxy_python:
+        ProxyInstance.python = args.proxy_python
     asterisk = AsteriskInstance(args.name)
     proxy: ProxyInstance | None = None
     workers: list[WorkerHandle] = []
@@ -248,6 +261,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "mode": args.profile,
                 "sections": args.sections,
                 "machine": machine(),
+                "proxy_python": python_version(ProxyInstance.python),
                 "asterisk": asterisk.version().split(":", 1)[-1].split("+", 1)[0],
                 "proxy_revision": revision(),
                 "generator": {"processes": len(workers)},

@@ -26,7 +26,8 @@ def render(data: dict[str, Any]) -> str:
         f"ari-broadcast-proxy benchmark, {meta['mode']} run, {meta['date']}",
         "",
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}, "
-        f"Python {m['python']}, Asterisk {meta['asterisk']} (sandbox); everything on these cores",
+        f"Python {m['python']} (the proxy: {meta.get('proxy_python') or m['python']}), "
+        f"Asterisk {meta['asterisk']} (sandbox); everything on these cores",
         f"- proxy: {meta.get('proxy_revision', '?')}",
         f"- CPU over the measurements ({cpu['wall_s']} s, share of {m['cores']} cores): load "
         f"generator {_pct(cpu['generator_share'])} ({gen['processes']} worker processes: "

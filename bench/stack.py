@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,10 @@ class AsteriskInstance:
 class ProxyInstance:
     """`python -m ari_broadcast_proxy` with its real CLI (as tests/conftest.py ProxyProcess)."""
 
+    # The interpreter the proxy runs on (bench/run --proxy-python): the project installed in
+    # its environment, as in this one's.
+    python = sys.executable
+
     def __init__(self, upstream: str, log_path: Path, *extra: str) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
@@ -111,7 +116,7 @@ class ProxyInstance:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            proxy_command(upstream, self.port, *extra),
+            [self.python, *proxy_command(upstream, self.port, *extra)[1:]],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=ROOT,
