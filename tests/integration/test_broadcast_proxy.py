@@ -159,8 +159,9 @@ async def test_a_broadcast_logs_native_warnings_with_the_channel_id(
         call = await place_call(proxy_target, "70000,(a+)+(b+)+(c+)+(d+)+")
         offer = await sockets["listener"].wait_for("CallBroadcast")
         assert (await result(proxy_target, call))[0] == "TIMEOUT"
-    log = proxy.log()
     channel_id = offer["channel"]["id"]
+    await proxy.wait_log(f"channel {channel_id}: rejecting app_filter regex")
+    log = proxy.log()
     assert f"channel {channel_id}: invalid timeout value '70000' (must be 0-60000ms)" in log
     assert f"channel {channel_id}: rejecting app_filter regex as potentially dangerous" in log
 

@@ -215,7 +215,7 @@ async def test_a_call_waiting_for_the_broadcast_application_is_offered_once_a_pr
             finally:
                 await proxied.aclose()
             assert await ari.wait_global(f"BCAST_RESULT_{tag}") == "SUCCESS"
-            assert "offered to 1 application(s)" in proxy.log()
+            await proxy.wait_log("offered to 1 application(s)")
         # It kept trying all through the gap (a pause every 100 ms, give or take).
         assert len(pauses(observer, channel_id)) >= 5
         assert offered - started < 5

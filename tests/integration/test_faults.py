@@ -212,7 +212,7 @@ async def test_a_claim_over_the_socket_while_asterisk_cannot_answer_gets_504_not
                 lambda e: e.get("type") == "RESTResponse" and e["request_id"] == "r2", timeout=5
             )
             assert again["status_code"] == 404
-        assert "checking the credentials failed" in proxy.log()
+        await proxy.wait_log("checking the credentials failed")
     finally:
         proxy.stop()
 
@@ -310,7 +310,7 @@ async def test_a_slow_consumer_of_large_events_is_closed_by_the_byte_bound(
                     received += 1
         assert glutton.close_code == 1013
         assert received < 500
-        assert "bytes queued" in proxy.log()
+        await proxy.wait_log("bytes queued")
     finally:
         proxy.stop()
 
@@ -326,12 +326,12 @@ async def test_the_broadcast_application_taken_by_another_client_comes_back_when
         assert await readyz(proxy.base) == 200
         async with events(asterisk.base, FAULT_APP):
             await wait_until(lambda: readyz(proxy.base), 503, 5)
-            assert "another client registered the broadcast application" in proxy.log()
+            await proxy.wait_log("another client registered the broadcast application")
             # Held by the other client: the proxy does not fight it for the application.
             await asyncio.sleep(1.0)
             assert await readyz(proxy.base) == 503
         await wait_until(lambda: readyz(proxy.base), 200, 10)
-        assert "taking it back" in proxy.log()
+        await proxy.wait_log("taking it back")
         async with events(proxy.base, "after-takeback") as client:
             tag = await broadcast_call(ari, "5000")
             offer = await client.wait_for("CallBroadcast")
@@ -360,7 +360,7 @@ async def test_a_subroutine_without_its_labels_strands_no_call(
             },
         )
         assert await ari.wait_global(f"BCAST_RESULT_{tag}", timeout=5)
-        assert "[tests-broken-broadcast] has no label" in proxy.log()
+        await proxy.wait_log("[tests-broken-broadcast] has no label")
     finally:
         await ari.hangup_all()
         proxy.stop()
@@ -386,7 +386,7 @@ async def test_killed_proxy_leaves_no_stranded_call(
     second = fault_proxy(asterisk, tmp_path, *handover)
     try:
         assert await ari.wait_global(f"BCAST_RESULT_{tag}", timeout=10) == "TIMEOUT"
-        assert "was left in the broadcast application" in second.log()
+        await second.wait_log("was left in the broadcast application")
     finally:
         second.stop()
 
@@ -453,7 +453,7 @@ async def test_a_winner_gone_before_the_hand_over_gives_failed(
             "events/claim", params={"channelId": offer["channel"]["id"], "application": "quitter"}
         )
         assert late.status_code == 404
-        assert "hand-over to 'quitter' failed" in proxy.log()
+        await proxy.wait_log("hand-over to 'quitter' failed")
     finally:
         await proxied.aclose()
         proxy.stop()
@@ -491,7 +491,7 @@ async def test_a_slow_consumer_is_closed_and_never_delays_the_others(
                     received += 1
         assert sloth.close_code == 1013
         assert received < 1000
-        assert "client stopped reading" in proxy.log()
+        await proxy.wait_log("client stopped reading")
         async with httpx.AsyncClient() as http:
             metrics = (await http.get(proxy.base + "/metrics")).text
         assert "ari_proxy_slow_consumer_closes_total 1.0" in metrics

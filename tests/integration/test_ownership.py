@@ -272,7 +272,7 @@ async def test_changes_made_on_asterisk_to_the_proxys_application_are_put_back(
             break
         assert time.monotonic() < deadline, state
         await asyncio.sleep(0.1)
-    assert "cleared: event filter, subscription channel:__AST_CHANNEL_ALL_TOPIC" in proxy.log()
+    await proxy.wait_log("cleared: event filter, subscription channel:__AST_CHANNEL_ALL_TOPIC")
     target = Target("proxy", proxy.base, "conformance-proxy", ari, proxied)
     async with won_call(target, f"after-guard-{token()}") as (_client, channel_id):
         await proxied.http.post(f"channels/{channel_id}/continue")

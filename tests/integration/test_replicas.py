@@ -259,7 +259,7 @@ async def test_claims_across_replicas(cluster: list[Replica], ari: Ari) -> None:
     assert await parked(ari) == []
     gauges = [await r.metric("ari_proxy_broadcast_leader") for r in cluster]
     assert sorted(gauges) == [0.0, 0.0, 1.0]
-    assert leader.replica_id in leader.log()
+    await leader.wait_log(leader.replica_id)
 
 
 async def test_unclaimed_times_out(cluster: list[Replica], ari: Ari) -> None:
@@ -494,7 +494,7 @@ async def test_leader_cut_off_from_redis(
                 assert await first.metric("ari_proxy_broadcast_leader") == 0.0
                 assert await readyz(first.base) == 503
             assert took < 5
-            assert "stepping down" in first.log()
+            await first.wait_log("stepping down")
         finally:
             stop_replicas(replicas)
     assert await parked(ari) == []
