@@ -26,6 +26,7 @@ from .broadcast.presentation import Presenter
 from .broadcast.request_rules import RequestRules
 from .broadcast.session_hooks import BroadcastHooks
 from .config import Config
+from .direct_frames import DirectFrames
 from .fleet.events import FleetSocket, fleet_sockets
 from .fleet.locator import Locator
 from .fleet.rest import FleetRest
@@ -205,7 +206,7 @@ class ProxyApp:
         if scope["type"] == "http" and scope["path"].startswith("/ari/"):
             await self._passthrough(scope, receive, send)
         elif scope["type"] == "websocket" and scope["path"] == "/ari/events":
-            await self._sessions.endpoint(WebSocket(scope, receive, send))
+            await self._sessions.endpoint(WebSocket(scope, receive, send), DirectFrames.of(send))
         else:
             await self._routes(scope, receive, send)
 

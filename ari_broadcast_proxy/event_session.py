@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from .direct_frames import DirectFrames
 from .errors import UpstreamError
 from .upstream.websocket import CLOSE_TIMEOUT
 from .upstream_order import UpstreamOrder, UpstreamStep
@@ -85,8 +86,11 @@ class EventSession:
         on_overflow: Callable[[], None] = lambda: None,
         order: UpstreamOrder | None = None,
         before_close: Callable[[EventSession], Awaitable[None]] | None = None,
+        direct: DirectFrames | None = None,
     ) -> None:
         self.websocket = websocket
+        self._direct = direct  # frames written at once while nothing is queued
+        self._writing = False  # the writer task holds a frame it has not written yet
         self._before_close = before_close  # with the upstream socket still open
         self._on_overflow = on_overflow
         self.upstream = upstream
@@ -116,6 +120,9 @@ class EventSession:
     def send_event(self, text: str) -> None:
         """Queue a frame for the client; a full queue closes the session (slow consumer)."""
         if self._closing is not None:
+            return
+        direct = self._direct
+        if direct is not None and not self._writing and self._queue.empty() and direct.send(text):
             return
         if self._queued_bytes + len(text) <= MAX_QUEUED_BYTES:
             try:
@@ -250,6 +257,8 @@ class EventSession:
         done = self._queue.task_done
         while True:
             text = await get()
+            self._writing = True
             self._queued_bytes -= len(text)
             await send(text)
+            self._writing = False
             done()

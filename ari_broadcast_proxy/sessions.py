@@ -14,6 +14,7 @@ from starlette.responses import Response
 from starlette.websockets import WebSocket
 
 from .ari_request import app_parameter_values, parse_query, registered_apps, split_app_names
+from .direct_frames import DirectFrames
 from .errors import BadRequest, ProxyError, Reserved, json_error
 from .event_session import (
     CLOSE_SHUTDOWN,
@@ -82,7 +83,7 @@ class SessionManager:
     def __len__(self) -> int:
         return len(self._sessions)
 
-    async def endpoint(self, websocket: WebSocket) -> None:
+    async def endpoint(self, websocket: WebSocket, direct: DirectFrames | None = None) -> None:
         """Starlette WebSocket endpoint for /ari/events."""
         if len(websocket.url.query) > MAX_QUERY:
             log.warning("refused events socket: query string of %d bytes", len(websocket.url.query))
@@ -141,6 +142,7 @@ class SessionManager:
                 self._on_overflow,
                 self._order,
                 self._before_close,
+                direct,
             )
             try:
                 await websocket.accept(subprotocol=upstream.subprotocol)
