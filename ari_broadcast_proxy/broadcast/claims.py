@@ -95,7 +95,7 @@ class ClaimService:
             reply(self._counted(_answer_for(decided)))
         else:
             name = f"claim-{claim.channel_id}"
-            self._controller.executor.spawn(self._reply_when(decided, reply), name)
+            self._controller.executor.spawn(self._reply_when(decided, reply), name, eager=True)
         return True
 
     async def _reply_when(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -96,8 +97,17 @@ class Executor:
 
     # -- tasks and timers ---------------------------------------------------------------------
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.create_task(coro, name=name)
+    def spawn(
+        self, coro: Coroutine[Any, Any, Any], name: str, *, eager: bool = False
+    ) -> asyncio.Task[Any]:
+        """An owned task. `eager`: its first step runs now, up to its first wait (the
+        winner's hand-over is written as its claim is read, ahead of whatever else this
+        turn of the loop holds); Python 3.11 has no eager start: the loop's next turn."""
+        if eager and sys.version_info >= (3, 12):
+            loop = asyncio.get_running_loop()
+            task = asyncio.Task(coro, loop=loop, name=name, eager_start=True)
+        else:
+            task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
         return task
