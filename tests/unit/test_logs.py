@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+from collections.abc import Iterator
 
 import pytest
 
@@ -12,6 +14,25 @@ from ari_broadcast_proxy.logs import RedactCredentials, configure_logging
 
 def record(msg: str, *args: object, name: str = "any") -> logging.LogRecord:
     return logging.LogRecord(name, logging.INFO, __file__, 1, msg, args, None)
+
+
+@contextlib.contextmanager
+def logging_to(stream: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The proxy's logging set up on `stream` as stderr; on exit the writer is stopped (what
+    is still queued is written) and the root logger and uvicorn's filters are restored."""
+    monkeypatch.setattr("sys.stderr", stream)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    writer = None
+    try:
+        writer = configure_logging("info", as_json=False)
+        yield
+    finally:
+        if writer is not None:
+            writer.stop()
+        root.handlers[:], level = saved
+        root.setLevel(level)
+        logging.getLogger("uvicorn.error").filters.clear()
 
 
 @pytest.mark.parametrize(
@@ -30,22 +51,11 @@ def test_api_key_values_are_redacted(msg: str, args: tuple[object, ...], expecte
 
 def test_uvicorn_websocket_access_lines_are_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
     stream = io.StringIO()
-    monkeypatch.setattr("sys.stderr", stream)
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    writer = None
-    try:
-        writer = configure_logging("info", as_json=False)
+    with logging_to(stream, monkeypatch):
         uvicorn = logging.getLogger("uvicorn.error")
         uvicorn.info('%s - "WebSocket %s" [accepted]', "127.0.0.1:1", "/ari/events?api_key=u:p")
         uvicorn.info("Started server process [%d]", 42)
         logging.getLogger("other").info("url %s", "/ari?api_key=u:p")
-    finally:
-        if writer is not None:
-            writer.stop()  # writes what is still queued
-        root.handlers[:], level = saved
-        root.setLevel(level)
-        uvicorn.filters.clear()
     out = stream.getvalue()
     assert "WebSocket" not in out
     assert "Started server process [42]" in out
@@ -57,21 +67,10 @@ def test_a_record_that_cannot_be_formatted_does_not_stop_the_writer(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     stream = io.StringIO()
-    monkeypatch.setattr("sys.stderr", stream)
     monkeypatch.setattr(logging, "raiseExceptions", False)  # handleError stays quiet
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    writer = None
-    try:
-        writer = configure_logging("info", as_json=False)
+    with logging_to(stream, monkeypatch):
         logging.getLogger("other").info("two %s %s", "but one argument")  # noqa: PLE1206
         logging.getLogger("other").info("still %s", "written")
-    finally:
-        if writer is not None:
-            writer.stop()
-        root.handlers[:], level = saved
-        root.setLevel(level)
-        logging.getLogger("uvicorn.error").filters.clear()
     assert "still written" in stream.getvalue()
 
 
@@ -85,19 +84,8 @@ class CountingStream(io.StringIO):
 
 def test_a_burst_of_lines_is_written_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     stream = CountingStream()
-    monkeypatch.setattr("sys.stderr", stream)
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    writer = None
-    try:
-        writer = configure_logging("info", as_json=False)
+    with logging_to(stream, monkeypatch):
         for i in range(200):
             logging.getLogger("burst").info("line %d", i)
-    finally:
-        if writer is not None:
-            writer.stop()
-        root.handlers[:], level = saved
-        root.setLevel(level)
-        logging.getLogger("uvicorn.error").filters.clear()
     assert stream.getvalue().count("burst: line ") == 200
     assert stream.writes <= 5  # a write per burst, not per line (200)
