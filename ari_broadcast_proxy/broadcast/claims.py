@@ -51,8 +51,10 @@ class ClaimService:
     ) -> AriAnswer | None:
         """The proxy's answer, or None when Asterisk must answer (not our broadcast)."""
         answer = await self._answer(credentials, params, json_body)
-        self._metrics.claims.labels("forwarded" if answer is None else str(answer.status)).inc()
-        return answer
+        if answer is None:
+            self._metrics.claims.labels("forwarded").inc()
+            return None
+        return self._counted(answer)
 
     async def _answer(
         self,
